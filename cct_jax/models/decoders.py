@@ -1,0 +1,71 @@
+"""Pixel-shuffle decoder (SPEC 1; paper sec. 4.1 and App. D).
+
+Every decoder, main or auxiliary, is the same stateless network: a 1x1 projection of z to
+C channels, then three x2 sub-pixel upsampling blocks, giving logits at 8x the feature
+resolution. It holds parameters only (no batch statistics), so a stack of K decoders is a
+pytree with a leading axis of size K that `jax.vmap` runs as one computation.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def pixel_shuffle(x: jax.Array, scale: int = 2) -> jax.Array:
+  """NHWC depth-to-space with PyTorch's channel order.
+
+  out[b, s*y + i, s*x + j, c] = x[b, y, x, s*s*c + s*i + j], as `torch.nn.PixelShuffle`
+  does on NCHW, so that converted torch weights produce the same picture.
+  """
+  b, h, w, channels = x.shape
+  out_channels = channels // (scale * scale)
+  x = x.reshape(b, h, w, out_channels, scale, scale)
+  x = x.transpose(0, 1, 4, 2, 5, 3)
+  return x.reshape(b, h * scale, w * scale, out_channels)
+
+
+def icnr_init(scale: int = 2, base_init=nn.initializers.he_normal()):
+  """ICNR (Aitken et al., 2017): each group of scale**2 output channels starts equal.
+
+  Output channel s*s*c + r copies sub-kernel c for every r, so the pixel shuffle of the
+  initial output is a nearest-neighbour upsampling: no checkerboard at the start.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    fan_in, fan_out = shape
+    sub_kernel = base_init(key, (fan_in, fan_out // (scale * scale)), dtype)
+    return jnp.repeat(sub_kernel, scale * scale, axis=1)
+
+  return init
+
+
+def torch_default_bias_init(fan_in: int):
+  """PyTorch's default conv bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
+class Decoder(nn.Module):
+  """1x1 conv z -> C (no bias), then 3 x [1x1 conv C -> 4C, ReLU, pixel shuffle x2].
+
+  The 1x1 convolutions are `Dense` layers on the channel axis: the same arithmetic, and a
+  vmapped stack of them lowers to one batched matmul. `final_relu=True` keeps the
+  authors' ReLU in the last block (non-negative logits, SPEC 1).
+  """
+  num_classes: int
+  num_upsamples: int = 3
+  final_relu: bool = True
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    x = nn.Dense(self.num_classes, use_bias=False, kernel_init=nn.initializers.he_normal(),
+                 name='conv_in')(z)
+    for i in range(self.num_upsamples):
+      x = nn.Dense(4 * self.num_classes, kernel_init=icnr_init(),
+                   bias_init=torch_default_bias_init(self.num_classes),
+                   name=f'upsample_{i}')(x)
+      if self.final_relu or i < self.num_upsamples - 1:
+        x = nn.relu(x)
+      x = pixel_shuffle(x)
+    return x

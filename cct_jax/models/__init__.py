@@ -1,0 +1,27 @@
+"""The CCT network: dilated ResNet trunk, PSP, pixel-shuffle decoders and their wiring."""
+
+from collections.abc import Mapping
+
+from cct_jax.models.cct import CCT, init_variables
+
+
+def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) -> CCT:
+  """Builds the network described by a config's `model` section.
+
+  `aux_counts` (perturbation type -> number of auxiliary decoders) is None for a model
+  that only ever runs the encoder and main decoder (supervised training, evaluation).
+  """
+  return CCT(
+      num_classes=model_cfg.num_classes,
+      aux_counts=dict(aux_counts or {}),
+      stage_sizes=tuple(model_cfg.stage_sizes),
+      width=model_cfg.width,
+      stem=model_cfg.stem,
+      output_stride=model_cfg.output_stride,
+      psp_features=model_cfg.psp_features,
+      psp_bins=tuple(model_cfg.psp_bins),
+      final_relu=model_cfg.decoder_final_relu,
+  )
+
+
+__all__ = ['CCT', 'init_variables', 'model_from_config']

@@ -1,0 +1,162 @@
+"""The CCT network (paper sec. 3.2, Fig. 3): shared encoder, main decoder, and K auxiliary
+decoders that each see their own perturbed copy of z.
+
+Auxiliary decoders of one perturbation type are stored as one stacked parameter tree (a
+leading axis of size K) and run under `jax.vmap`: one batched computation per type instead
+of K copies in the graph (measured in `benchmarks/aux_decoders.py`). The perturbation
+functions come from the caller, so this module knows nothing of how z is perturbed.
+"""
+
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from cct_jax.models.decoders import Decoder
+from cct_jax.models.psp import PSP
+from cct_jax.models.resnet import ResNet
+
+# perturb(z, key, main_logits, decode) -> perturbed z; `decode` is the owning auxiliary
+# decoder as a pure function of z (I-VAT differentiates through it).
+Perturbation = Callable[[jax.Array, jax.Array, jax.Array, Callable[[jax.Array], jax.Array]],
+                        jax.Array]
+
+
+def identity_perturbation(z, key, main_logits, decode):
+  del key, main_logits, decode
+  return z
+
+
+def align_corners_matrix(size_out: int, size_in: int) -> np.ndarray:
+  """(size_out, size_in) weights of 1-D linear interpolation with align_corners=True."""
+  weights = np.zeros((size_out, size_in), np.float32)
+  scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+  for i in range(size_out):
+    src = i * scale
+    lo = min(int(np.floor(src)), size_in - 1)
+    hi = min(lo + 1, size_in - 1)
+    weights[i, lo] += 1.0 - (src - lo)
+    weights[i, hi] += src - lo
+  return weights
+
+
+def resize_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear resize of (..., h, w, C) with align_corners=True, as the authors' model does
+  when the decoder's 8x output (328 for a 321 input) differs from the input size."""
+  h, w = logits.shape[-3:-1]
+  if (h, w) == tuple(size):
+    return logits
+  rows = jnp.asarray(align_corners_matrix(size[0], h), logits.dtype)
+  cols = jnp.asarray(align_corners_matrix(size[1], w), logits.dtype)
+  return jnp.einsum('ph,...hwc,qw->...pqc', rows, logits, cols)
+
+
+class Encoder(nn.Module):
+  """Dilated ResNet trunk + PSP -> z (B, H/8, W/8, psp_features)."""
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  stem: str = 'deep'
+  output_stride: int = 8
+  psp_features: int = 512
+  psp_bins: Sequence[int] = (1, 2, 3, 6)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, name='trunk')(x, train)
+    return PSP(self.psp_features, self.psp_bins, name='psp')(x, train)
+
+
+def perturbation_type_key(key: jax.Array, name: str) -> jax.Array:
+  """The key of one perturbation type's decoders, split once more per decoder.
+
+  It depends on the type's name, not its position in the roster: enabling or disabling one
+  type leaves the others' randomness unchanged.
+  """
+  return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+class DecoderStack(nn.Module):
+  """`count` decoders of one perturbation type, as one stacked parameter tree."""
+  count: int
+  num_classes: int
+  final_relu: bool = True
+
+  @nn.compact
+  def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
+               perturb: Perturbation) -> jax.Array:
+    """Returns the stacked auxiliary logits (count, B, 8h, 8w, C)."""
+    # parent=None: a free-standing module whose `apply` is a pure function of its params.
+    decoder = Decoder(self.num_classes, final_relu=self.final_relu, parent=None)
+    init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
+        jax.random.split(rng, self.count))
+    stack = self.param('decoders', init_stack)
+
+    def perturb_and_decode(params, decoder_key):
+      decode = lambda h: decoder.apply({'params': params}, h)
+      return decode(perturb(z, decoder_key, main_logits, decode))
+
+    return jax.vmap(perturb_and_decode)(stack, jax.random.split(key, self.count))
+
+
+class AuxiliaryDecoders(nn.Module):
+  """One `DecoderStack` per perturbation type with a non-zero count."""
+  counts: Mapping[str, int]
+  num_classes: int
+  final_relu: bool = True
+
+  @nn.compact
+  def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation]):
+    aux = {}
+    for name, count in self.counts.items():
+      if count > 0:
+        stack = DecoderStack(count, self.num_classes, self.final_relu, name=name)
+        aux[name] = stack(z, perturbation_type_key(key, name), main_logits, perturbations[name])
+    return aux
+
+
+class CCT(nn.Module):
+  """Encoder + main decoder + auxiliary decoders (`aux_counts`: type name -> K).
+
+  `__call__(x, train, perturbations, key)` returns `(main_logits, aux)` at the input size:
+  aux maps each perturbation type to its stacked logits (K, B, H, W, C), and is empty when
+  no perturbations are given (labelled batches, evaluation). The main prediction reaches
+  the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
+  """
+  num_classes: int
+  aux_counts: Mapping[str, int] = None
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  stem: str = 'deep'
+  output_stride: int = 8
+  psp_features: int = 512
+  psp_bins: Sequence[int] = (1, 2, 3, 6)
+  final_relu: bool = True
+
+  def setup(self):
+    self.encoder = Encoder(self.stage_sizes, self.width, self.stem, self.output_stride,
+                           self.psp_features, self.psp_bins)
+    self.main_decoder = Decoder(self.num_classes, final_relu=self.final_relu)
+    self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
+                                          self.final_relu)
+
+  def __call__(self, x: jax.Array, train: bool = False,
+               perturbations: Mapping[str, Perturbation] | None = None,
+               key: jax.Array | None = None):
+    z = self.encoder(x, train)
+    main_logits = self.main_decoder(z)
+    aux = {}
+    if perturbations is not None:
+      aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
+    size = x.shape[1:3]
+    aux = {name: resize_logits(logits, size) for name, logits in aux.items()}
+    return resize_logits(main_logits, size), aux
+
+
+def init_variables(model: CCT, key: jax.Array, image_shape: Sequence[int]):
+  """All variables of `model`, auxiliary decoders included, for a (B, H, W, 3) batch."""
+  perturbations = {name: identity_perturbation for name in (model.aux_counts or {})}
+  x = jnp.zeros(image_shape, jnp.float32)
+  return model.init({'params': key}, x, train=False, perturbations=perturbations, key=key)

@@ -1,0 +1,120 @@
+"""The network of SPEC 1: shapes, PyTorch conventions, parameter counts, stacked decoders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cct_jax import defaults, summary
+from cct_jax.models import cct, decoders, psp, resnet
+
+
+def tiny_model(**overrides):
+  kwargs = dict(num_classes=5, stage_sizes=(1, 1, 1, 1), width=4, psp_features=16)
+  kwargs.update(overrides)
+  return cct.CCT(**kwargs)
+
+
+def test_odd_input_gives_pytorch_feature_and_logit_sizes():
+  model = tiny_model(aux_counts=dict(dropout=2))
+  variables = jax.eval_shape(lambda k: cct.init_variables(model, k, (2, 321, 321, 3)),
+                             jax.random.key(0))
+  x = jax.ShapeDtypeStruct((2, 321, 321, 3), jnp.float32)
+  z = jax.eval_shape(lambda v, x: model.apply(v, x, method=lambda m, x: m.encoder(x)),
+                     variables, x)
+  assert z.shape == (2, 41, 41, 16)
+  decoded = jax.eval_shape(lambda v, z: model.apply(v, z, method=lambda m, z: m.main_decoder(z)),
+                           variables, z)
+  assert decoded.shape == (2, 328, 328, 5)
+  main, aux = jax.eval_shape(
+      lambda v, x: model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
+                               key=jax.random.key(1)), variables, x)
+  assert main.shape == (2, 321, 321, 5)
+  assert aux['dropout'].shape == (2, 2, 321, 321, 5)
+
+
+@pytest.mark.parametrize('output_stride, size', [(8, 41), (16, 21)])
+def test_output_stride(output_stride, size):
+  trunk = resnet.ResNet(stage_sizes=(1, 1, 1, 1), width=4, output_stride=output_stride)
+  x = jax.ShapeDtypeStruct((1, 321, 321, 3), jnp.float32)
+  out = jax.eval_shape(lambda x: trunk.init_with_output(jax.random.key(0), x)[0], x)
+  assert out.shape == (1, size, size, 128)
+
+
+def test_adaptive_pool_uses_pytorch_bin_edges_on_41():
+  weights = psp.adaptive_pool_matrix(41, 6)
+  edges = [(np.flatnonzero(row)[0], np.flatnonzero(row)[-1] + 1) for row in weights]
+  # floor(i * 41 / 6), ceil((i + 1) * 41 / 6): neighbouring bins overlap by one row.
+  assert edges == [(0, 7), (6, 14), (13, 21), (20, 28), (27, 35), (34, 41)]
+  np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+
+  x = np.random.default_rng(0).normal(size=(2, 41, 41, 3)).astype(np.float32)
+  pooled = np.asarray(psp.adaptive_avg_pool(jnp.asarray(x), 3))
+  for i in range(3):
+    for j in range(3):
+      rows = slice(i * 41 // 3, -(-(i + 1) * 41 // 3))
+      cols = slice(j * 41 // 3, -(-(j + 1) * 41 // 3))
+      np.testing.assert_allclose(pooled[:, i, j], x[:, rows, cols].mean(axis=(1, 2)), rtol=1e-5,
+                                 atol=1e-6)
+
+
+def test_pixel_shuffle_matches_pytorch_channel_order():
+  b, h, w, c, s = 2, 3, 4, 5, 2
+  x = np.random.default_rng(1).normal(size=(b, h, w, c * s * s)).astype(np.float32)
+  reference = np.zeros((b, h * s, w * s, c), np.float32)
+  for y in range(h):
+    for xx in range(w):
+      for ch in range(c):
+        for i in range(s):
+          for j in range(s):
+            reference[:, s * y + i, s * xx + j, ch] = x[:, y, xx, s * s * ch + s * i + j]
+  np.testing.assert_array_equal(np.asarray(decoders.pixel_shuffle(jnp.asarray(x))), reference)
+
+
+def test_icnr_kernel_repeats_each_sub_kernel_over_its_four_outputs():
+  kernel = np.asarray(decoders.icnr_init()(jax.random.key(0), (7, 28)))
+  groups = kernel.reshape(7, 7, 4)
+  np.testing.assert_array_equal(groups, np.repeat(groups[..., :1], 4, axis=-1))
+  assert np.std(kernel[:, ::4]) > 0.1  # not all equal: a real random sub-kernel
+
+
+def test_align_corners_resize_keeps_corners_and_is_linear():
+  weights = cct.align_corners_matrix(321, 328)
+  np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+  assert weights[0, 0] == 1.0 and weights[-1, -1] == 1.0
+  ramp = np.arange(328, dtype=np.float32)
+  np.testing.assert_allclose(weights @ ramp, np.linspace(0, 327, 321), rtol=1e-5)
+
+
+def test_full_voc_model_parameter_counts():
+  config = defaults.base_config()
+  assert summary.parameter_counts(config) == dict(
+      trunk=23_631_808, psp=23_073_792, main_decoder=16_296, aux_decoders=488_880,
+      total=47_210_776)
+
+
+def test_torchvision_stem_trunk_matches_torchvision_resnet50_without_fc():
+  config = defaults.base_config()
+  config.model.stem = 'torchvision'
+  assert summary.parameter_counts(config)['trunk'] == 25_557_032 - 2_049_000
+
+
+def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
+  model = tiny_model(aux_counts=dict(feature_noise=3))
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  variables = jax.jit(lambda k: cct.init_variables(model, k, x.shape))(jax.random.key(1))
+  noise = lambda z, key, main_logits, decode: z + jax.random.normal(key, z.shape)
+  main, aux = model.apply(variables, x, perturbations=dict(feature_noise=noise),
+                          key=jax.random.key(2))
+  assert aux['feature_noise'].shape == (3, 2, 16, 16, 5)
+
+  z = model.apply(variables, x, method=lambda m, x: m.encoder(x))
+  stack = variables['params']['aux_decoders']['feature_noise']['decoders']
+  type_key = cct.perturbation_type_key(jax.random.key(2), 'feature_noise')
+  decoder = decoders.Decoder(5)
+  for k, decoder_key in enumerate(jax.random.split(type_key, 3)):
+    params = jax.tree.map(lambda a: a[k], stack)
+    expected = decoder.apply({'params': params}, noise(z, decoder_key, None, None))
+    np.testing.assert_allclose(aux['feature_noise'][k], expected, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(aux['feature_noise'][0], aux['feature_noise'][1])
+  assert main.shape == (2, 16, 16, 5)

@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell tools/find_python.sh)
 
-.PHONY: demo test summary clean
+.PHONY: demo test clean
 
 $(VENV)/installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "No Python >= 3.12 found (see the message above)."; exit 1; }
@@ -13,8 +13,19 @@ $(VENV)/installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+DEMO := runs/demo
+
+# Trains CCT on the texture mosaics, scores the best checkpoint on the test split, then
+# predicts a folder of test images. Run again, it resumes (and so only re-evaluates).
 demo: $(VENV)/installed
-	$(PY) -m cct_jax.main --config=configs/voc.py --mode=summary --workdir=runs/summary
+	$(PY) -m cct_jax.main --config=configs/demo.py --workdir=$(DEMO)
+	$(PY) tools/export_images.py --config=configs/demo.py --split=test --count=8 \
+	    --output=$(DEMO)/test_images
+	$(PY) -m cct_jax.main --config=configs/demo.py --workdir=$(DEMO) --mode=predict \
+	    --input=$(DEMO)/test_images --output=$(DEMO)/predictions
+	@echo "Demo finished. In $(DEMO): results_test.json (test mIoU), predictions_test.png"
+	@echo "(image | truth | prediction), predictions/ (label PNGs and overlays),"
+	@echo "metrics.jsonl, tensorboard/ (tensorboard --logdir $(DEMO)), checkpoints/, best/."
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q

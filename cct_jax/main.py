@@ -1,25 +1,44 @@
-"""Command line entry point; intentionally kept short; the work happens in library functions.
+"""Command line entry point; intentionally kept short: the work happens in library functions.
 
-  python -m cct_jax.main --config=configs/voc.py --mode=summary --workdir=runs/voc
+  python -m cct_jax.main --config=configs/demo.py --workdir=runs/demo              # train
+  python -m cct_jax.main --config=configs/demo.py --workdir=runs/demo --mode=eval
+  python -m cct_jax.main --config=configs/demo.py --workdir=runs/demo --mode=predict \
+      --input=DIR --output=DIR
+  python -m cct_jax.main --config=configs/voc.py --workdir=runs/voc --mode=summary \
+      --config.data.root=VOCdevkit/VOC2012     # parameter counts; checks every file
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from cct_jax import summary
+from cct_jax import data, predict, summary, train, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'summary', ['summary'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
+flags.DEFINE_string('input', None, 'predict: folder of images.')
+flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.mode == 'summary':
-    summary.write_summary(FLAGS.config, FLAGS.workdir)
+  writers.quiet_library_logs()
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, workdir)
+  elif FLAGS.mode == 'eval':
+    train.evaluate_checkpoint(config, workdir)
+  elif FLAGS.mode == 'predict':
+    if not (FLAGS.input and FLAGS.output):
+      raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
+    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output)
+  else:
+    summary.write_summary(config, workdir)
+    if config.data.root:  # read every file once, listing every problem
+      data.check_dataset(config.data)
 
 
 if __name__ == '__main__':

@@ -62,11 +62,13 @@ def stage_strides_and_dilations(output_stride: int) -> list[tuple[int, int, int]
   A stage that loses its stride dilates by the product of the strides removed so far; its
   first block uses half of that (it still sees the previous stage's spacing).
   """
+  if output_stride == 4:
+    return [(1, 1, 1), (1, 1, 2), (1, 2, 4), (1, 4, 8)]
   if output_stride == 8:
     return [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
   if output_stride == 16:
     return [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 1, 2)]
-  raise ValueError(f'output_stride must be 8 or 16, got {output_stride}')
+  raise ValueError(f'output_stride must be 4, 8 or 16, got {output_stride}')
 
 
 class ResNet(nn.Module):

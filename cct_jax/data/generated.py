@@ -1,0 +1,56 @@
+"""Scenes generated from real bundled pixels (SPEC 6): the shared split protocol.
+
+Scene i of a split is a pure function of (seed, split, i): it is drawn from
+`np.random.default_rng([seed, split code, i])`, so a source is random-access, identical in
+every process and worker, and nothing generated is stored. The protocol: a training split
+of `num_train` scenes whose labelled examples are drawn (by the run's split seed) from the
+first `labelled_pool`; the scenes after the pool form the unlabelled set.
+"""
+
+import numpy as np
+
+from cct_jax.data import sources
+
+SPLIT_CODES = {'train': 0, 'val': 1, 'test': 2}
+
+
+class GeneratedSource:
+  """`num_scenes` scenes of one split; subclasses define `generate(rng) -> image, mask`."""
+
+  def __init__(self, split: str, num_scenes: int, seed: int):
+    self.split, self.num_scenes, self.seed = split, num_scenes, seed
+
+  def generate(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    raise NotImplementedError
+
+  def __len__(self) -> int:
+    return self.num_scenes
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < self.num_scenes:
+      raise IndexError(f'scene {index} of a {self.num_scenes}-scene split')
+    rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
+    image, mask = self.generate(rng)
+    return {'image': image, 'mask': mask, 'id': f'{self.split}-{index:05d}'}
+
+  def __repr__(self) -> str:
+    return (f'{type(self).__name__}({self.split!r}, num_scenes={self.num_scenes}, '
+            f'seed={self.seed})')
+
+
+def protocol_subset(train: GeneratedSource, split: str, *, num_labelled: int,
+                    labelled_pool: int, split_seed: int) -> sources.Subset:
+  """'train_labelled' or 'train_unlabelled' of the protocol, as a subset of `train`."""
+  if not labelled_pool < len(train):
+    raise ValueError(f'labelled_pool={labelled_pool} leaves no unlabelled scenes in a '
+                     f'{len(train)}-scene training split')
+  if split == 'train_labelled':
+    labelled, _ = sources.seeded_split(labelled_pool, num_labelled, split_seed)
+    return sources.Subset(train, labelled)
+  return sources.Subset(train, np.arange(labelled_pool, len(train)), drop_masks=True)
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+  """[0, 1] floats, (H, W) or (H, W, 3), to uint8 RGB."""
+  image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+  return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image

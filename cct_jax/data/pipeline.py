@@ -1,0 +1,131 @@
+"""grain pipelines: the paired training streams and the evaluation batches.
+
+Training (SPEC 4): a labelled and an unlabelled stream, each shuffled and repeated with
+its own seed (the labelled set is reshuffled and re-augmented every time it is
+exhausted), augmented, sliced per process and batched. Augmentation happens before the
+per-process slice, so element k of the global stream, and its random crop, do not depend
+on the number of processes; process p takes elements p, p + P, ..., and the P local
+batches of step t together hold exactly global elements [t * B, (t + 1) * B). Batching is
+one-to-one in the random-access stage, so worker processes only decide who computes
+which batch: the output is the same for 0 and N workers.
+
+Resuming, two ways, both exact: the iterators are grain `DatasetIterator`s whose
+`get_state()` / `set_state()` state is small and JSON-able (orbax saves it with
+`grain.checkpoint.CheckpointSave(iterator)`), valid for the same number of workers; or,
+since batch k is a pure function of k, rebuild the streams at `start_step` = the restored
+step, valid for any number of workers and processes.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import grain
+import numpy as np
+
+from cct_jax.data.sources import IGNORE_INDEX
+
+
+def per_process_batch_size(global_batch: int, *, device_count: int,
+                           process_count: int = 1, name: str = 'batch size') -> int:
+  """The batch each process loads; the global batch must split evenly over devices."""
+  if global_batch <= 0 or global_batch % device_count:
+    raise ValueError(
+        f'{name} {global_batch} does not divide over {device_count} devices: every device '
+        f'needs the same number of examples. Use a multiple of {device_count}, e.g. '
+        f'{max(device_count, global_batch // device_count * device_count)}.')
+  if device_count % process_count:
+    raise ValueError(f'{device_count} devices do not divide over {process_count} processes')
+  return global_batch // process_count
+
+
+def stream_seed(seed: int, stream: int) -> int:
+  """Independent seeds for the streams of one run (0: labelled, 1: unlabelled)."""
+  return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def train_dataset(source, transform: Callable, *, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1,
+                  start_step: int = 0) -> grain.MapDataset:
+  """An endless, shuffled, augmented stream of this process's batches of `source`.
+
+  `transform(example, rng)` gets a numpy Generator seeded from `seed` and the element's
+  global position; `batch_size` is the per-process batch; the stream starts at batch
+  `start_step`.
+  """
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
+  ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
+  return ds[start_step:]
+
+
+def prefetched(ds: grain.MapDataset, *, num_workers: int = 0, read_threads: int = 2,
+               prefetch: int = 4) -> grain.IterDataset:
+  """`ds` read by `read_threads` threads in each of `num_workers` worker processes (0:
+  in this process), with up to `prefetch` batches read ahead per process."""
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=prefetch))
+  if num_workers:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it
+
+
+@dataclasses.dataclass
+class TrainStreams:
+  """The two training iterators; `next()` gives one (labelled, unlabelled) batch pair.
+
+  Save and restore both: `get_state()` / `set_state()` here, or each iterator on its own
+  (a state restores into streams with the same number of workers).
+  """
+  labelled: grain.DatasetIterator
+  unlabelled: grain.DatasetIterator
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> tuple[dict, dict]:
+    return next(self.labelled), next(self.unlabelled)
+
+  def get_state(self) -> dict:
+    return {'labelled': self.labelled.get_state(),
+            'unlabelled': self.unlabelled.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    self.labelled.set_state(state['labelled'])
+    self.unlabelled.set_state(state['unlabelled'])
+
+  def close(self) -> None:
+    """Stops worker processes (they also stop when the iterators are collected)."""
+    self.labelled.close()
+    self.unlabelled.close()
+
+
+class _EvalElement:
+  """Element j of the padded evaluation set: example j marked valid, or past the end, a
+  blank (mask all IGNORE_INDEX, valid False) that fills the last batches."""
+
+  def __init__(self, source, transform: Callable, pad_size: tuple[int, int] | None):
+    self.source, self.transform, self.pad_size = source, transform, pad_size
+
+  def __call__(self, index: int) -> dict:
+    if index < len(self.source):
+      return {**self.transform(self.source[index]), 'valid': np.True_}
+    return {'image': np.zeros((*self.pad_size, 3), np.float32),
+            'mask': np.full(self.pad_size, IGNORE_INDEX, np.int32), 'valid': np.False_}
+
+
+def eval_dataset(source, transform: Callable, *, batch_size: int = 1,
+                 pad_size: tuple[int, int] | None = None, process_index: int = 0,
+                 process_count: int = 1) -> grain.MapDataset:
+  """Whole images in order: one at a time, or `batch_size` padded to `pad_size`.
+
+  Batches carry 'valid' (B,): the set is filled up with blanks to the same number of
+  full batches on every process, so each example is scored exactly once and every
+  process runs the same number of steps. `transform(example)` must pad to `pad_size`.
+  """
+  if pad_size is None and (batch_size > 1 or process_count > 1):
+    raise ValueError('whole images of different sizes are batched (or spread over '
+                     'processes) only when padded to one size: set data.eval_pad_to')
+  per_process = math.ceil(len(source) / (batch_size * process_count)) * batch_size
+  ds = grain.MapDataset.range(per_process * process_count)
+  ds = ds[process_index::process_count].map(_EvalElement(source, transform, pad_size))
+  return ds.batch(batch_size)

@@ -1,0 +1,371 @@
+"""CCT training and evaluation (paper sec. 3.2, SPEC 4): `train_and_evaluate(config, workdir)`.
+
+Read top to bottom in phases: logging, mesh, input, model and state, the jitted step,
+checkpoints and resume, the loop with its evaluations, the final test evaluation.
+
+One iteration is one labelled and one unlabelled batch. The labelled batch trains the
+encoder and main decoder with L_s; the unlabelled batch goes through the encoder in a
+separate pass (its own BN statistics, as the authors' code) and trains the encoder and the
+auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3).
+"""
+
+import functools
+import os
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax.training import train_state
+
+from cct_jax import (checkpointing, evaluate, losses, models, parallel, perturbations, schedules,
+                     visualize)
+from cct_jax.data import factory as data_factory
+from cct_jax.data import voc
+from cct_jax.models import pretrained
+from cct_jax.writers import MetricWriter
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def aux_counts(config) -> dict[str, int]:
+  """The auxiliary decoders the run trains: none for the supervised baseline."""
+  return dict(config.perturbations.counts) if config.train.mode == 'semi' else {}
+
+
+def total_steps(config, num_unlabelled: int) -> int:
+  """`train.num_steps`, or `train.num_epochs` passes over the unlabelled set (SPEC 4)."""
+  if config.train.num_steps > 0:
+    return config.train.num_steps
+  steps_per_epoch = -(-num_unlabelled // config.data.batch_size_unlabelled)
+  return config.train.num_epochs * steps_per_epoch
+
+
+def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
+  """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
+
+  def init(key):
+    variables = models.init_variables(model, key, (1, 64, 64, 3))
+    return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                             batch_stats=variables['batch_stats'],
+                             tx=schedules.make_optimizer(config.optim, num_steps))
+
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+  if config.model.pretrained:
+    trunk = {'params': state.params['encoder']['trunk'],
+             'batch_stats': state.batch_stats['encoder']['trunk']}
+    loaded = pretrained.load_trunk_weights(jax.device_get(trunk), config.model.pretrained,
+                                           stem=config.model.stem)
+    params = dict(state.params, encoder=dict(state.params['encoder'], trunk=loaded['params']))
+    stats = dict(state.batch_stats,
+                 encoder=dict(state.batch_stats['encoder'], trunk=loaded['batch_stats']))
+    state = state.replace(params=params, batch_stats=stats)
+    state = state.replace(opt_state=state.tx.init(state.params))
+    state = jax.device_put(state, parallel.replicated(mesh))
+  return state
+
+
+def supervised_loss(config, logits, labels, step, num_steps):
+  if config.loss.supervised == 'ab_ce':
+    threshold = schedules.ab_ce_threshold(
+        step, total_steps=num_steps, num_classes=config.model.num_classes,
+        cap=config.loss.ab_ce.cap, ramp_fraction=config.loss.ab_ce.ramp_fraction)
+    return losses.ab_cross_entropy(logits, labels, threshold)
+  if config.loss.supervised == 'ce':
+    return losses.cross_entropy(logits, labels)
+  raise ValueError(f"loss.supervised must be 'ce' or 'ab_ce', got {config.loss.supervised!r}")
+
+
+def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
+  """L_u averaged over all K auxiliary decoders (Eq. 2), plus the optional pairwise term.
+
+  Each perturbation type's mean is weighted by its count, so the result is the mean over
+  the K decoders without concatenating K full-resolution predictions.
+  """
+  threshold = (config.loss.confidence_threshold if config.loss.confidence_masking else None)
+  counts = {name: logits.shape[0] for name, logits in aux.items()}
+  loss_u = sum(counts[name] * losses.consistency_loss(logits, main_logits,
+                                                      config.loss.unsupervised, threshold)
+               for name, logits in aux.items()) / sum(counts.values())
+  pairwise = jnp.zeros(())
+  if config.loss.pairwise_weight > 0:
+    stacked = jnp.concatenate(list(aux.values()), axis=0)
+    pairwise = losses.pairwise_loss(stacked, key, config.loss.pairwise_decoders)
+  return loss_u, pairwise
+
+
+def make_train_step(config, model, num_steps: int):
+  """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
+  perturbation_fns = perturbations.build_perturbations(config.perturbations)
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
+  semi = config.train.mode == 'semi'
+
+  def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
+    step = state.step
+    key = jax.random.fold_in(base_key, step)
+
+    def loss_fn(params):
+      (main_l, _), updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, labelled['image'], train=True,
+          mutable=['batch_stats'])
+      loss_s = supervised_loss(config, main_l, labelled['mask'], step, num_steps)
+      metrics = {'loss_sup': loss_s}
+      total = loss_s
+      batch_stats = updates['batch_stats']
+      if semi:
+        (main_u, aux), updates = model.apply(
+            {'params': params, 'batch_stats': batch_stats}, unlabelled['image'], train=True,
+            perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
+            mutable=['batch_stats'])
+        batch_stats = updates['batch_stats']
+        loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
+        weight_u = schedules.ramp_weight(
+            step, final_weight=config.loss.unsup_weight, total_steps=num_steps,
+            ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
+        total = total + weight_u * loss_u + config.loss.pairwise_weight * pairwise
+        metrics.update(loss_unsup=loss_u, unsup_weight=weight_u)
+        if config.loss.pairwise_weight > 0:
+          metrics['loss_pairwise'] = pairwise
+      metrics['loss'] = total
+      return total, (batch_stats, metrics)
+
+    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    lr = head_lr(step)
+    metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
+    return state, metrics
+
+  return step_fn
+
+
+def make_predict_fn(config, model):
+  """jitted (state, images) -> class probabilities with the configured inference."""
+
+  def predict(state, images):
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    logits_fn = lambda x: model.apply(variables, x, train=False)[0]
+    return evaluate.predict_probs(logits_fn, images, config.eval)
+
+  return jax.jit(predict)
+
+
+def evaluate_split(config, state, predict_fn, dataset, mesh, num_samples: int = 0):
+  """Scores over one whole split: a confusion matrix summed on the device, divided once.
+
+  Returns (scores, samples): samples holds the normalised image, mask and prediction of
+  the first `num_samples` examples, for pictures.
+  """
+  num_classes = config.model.num_classes
+  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+  count = jax.jit(functools.partial(evaluate.confusion_matrix, num_classes=num_classes))
+  samples = {'image': [], 'mask': [], 'prediction': []}
+  for batch in dataset:
+    images = batch['image']
+    if images.shape[0] % jax.device_count() == 0:
+      images = parallel.global_batch(mesh, images)
+    predictions = jnp.argmax(predict_fn(state, images), axis=-1)
+    confusion += count(predictions, jnp.asarray(batch['mask']), valid=jnp.asarray(batch['valid']))
+    if len(samples['image']) < num_samples:
+      valid = np.asarray(batch['valid'], bool)
+      for name, value in (('image', batch['image']), ('mask', batch['mask']),
+                          ('prediction', jax.device_get(predictions))):
+        samples[name].extend(np.asarray(value)[valid])
+  scores = evaluate.scores(jax.device_get(confusion), data_factory.class_names(config.data))
+  return scores, {k: np.stack(v[:num_samples]) for k, v in samples.items() if v}
+
+
+def save_prediction_panel(config, writer, split: str, step: int, samples) -> str:
+  """image | ground truth | prediction rows, to `workdir/predictions_<split>.png` and
+  TensorBoard."""
+  picture = visualize.panel(
+      visualize.denormalise(samples['image'], config.data.mean, config.data.std),
+      samples['mask'], samples['prediction'], voc.palette())
+  writer.write_images(step, f'{split}/predictions', picture[None])
+  return writer.write_png(f'predictions_{split}.png', picture)
+
+
+class _StopRequest:
+  """SIGTERM / SIGINT ask the loop to save a checkpoint and return at the next step."""
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def check_finite(history: list[tuple[int, dict]], last_good: int | None, directory: str):
+  """Stops the run at the first non-finite metric, naming the step and what is kept."""
+  for step, metrics in history:
+    bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+    if bad:
+      kept = (f'the last good checkpoint (step {last_good}) is kept in {directory}'
+              if last_good is not None else 'no checkpoint was written before it')
+      raise FloatingPointError(f'non-finite loss at step {step}: {bad}; training stopped, '
+                               f'{kept}')
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains, evaluates on val every `train.eval_every` steps (the best checkpoint by val
+  mIoU kept apart from the latest), then scores the best checkpoint on the dataset's
+  reported split. Resumes from `workdir` when it holds a checkpoint. Returns the final
+  results (or {'stopped_at': step} after SIGTERM / SIGINT)."""
+  # Logging.
+  os.makedirs(workdir, exist_ok=True)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer.write_config(config)
+
+  # Mesh and input.
+  mesh = parallel.data_mesh()
+  num_unlabelled = len(data_factory.make_source(config.data, 'train_unlabelled'))
+  eval_splits = data_factory.eval_splits(config.data)
+  eval_sets = {split: data_factory.make_eval_dataset(
+      config.data, split, process_index=jax.process_index(),
+      process_count=jax.process_count()) for split in eval_splits}
+  num_steps = total_steps(config, num_unlabelled)
+
+  # Model, state and step.
+  model = models.model_from_config(config.model, aux_counts(config))
+  state = create_train_state(config, model, num_steps, mesh)
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  semi = config.train.mode == 'semi'
+  train_step = jax.jit(make_train_step(config, model, num_steps),
+                       in_shardings=(rep, batch, batch if semi else None),
+                       out_shardings=(rep, rep), donate_argnums=0)
+  predict_fn = make_predict_fn(config, model)
+
+  # Checkpoints: resume from the latest; the best by val mIoU lives apart.
+  latest = checkpointing.manager(os.path.join(workdir, 'checkpoints'),
+                                 config.train.max_checkpoints)
+  best = checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1)
+  abstract_state = checkpointing.abstract_with_sharding(state, rep)
+  last_good = checkpointing.latest_step(latest)
+  if last_good is not None:
+    state = checkpointing.restore(latest, abstract_state)
+    logging.info('resumed from step %d in %s', last_good, latest.directory)
+  # The data streams are random-access: the step alone says where they stand, so resuming
+  # needs no iterator state and works with any number of workers, processes or devices.
+  streams = data_factory.make_train_streams(
+      config.data, device_count=jax.device_count(), process_index=jax.process_index(),
+      process_count=jax.process_count(), start_step=int(state.step))
+  best_step = best.latest_step()
+  best_miou = -1.0 if best_step is None else checkpointing.saved_metrics(best, best_step)['miou']
+
+  history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
+
+  def flush_metrics():
+    fetched = [(s, jax.device_get(m)) for s, m in history]
+    history.clear()
+    check_finite(fetched, last_good, latest.directory)
+    writer.write_scalars(fetched)
+
+  # The loop.
+  first_step = int(state.step)
+  writer.start(first_step, num_steps, config.data.batch_size_labelled +
+               semi * config.data.batch_size_unlabelled)
+  with _StopRequest() as stop:
+    for step in range(first_step, num_steps):
+      labelled = next(streams.labelled)
+      labelled = parallel.global_batch(mesh, {'image': labelled['image'],
+                                              'mask': labelled['mask']})
+      unlabelled = None
+      if semi:
+        unlabelled = parallel.global_batch(mesh, {'image': next(streams.unlabelled)['image']})
+      state, metrics = train_step(state, labelled, unlabelled)
+      history.append((step + 1, metrics))
+      done, last = step + 1, step + 1 == num_steps
+
+      if done % config.train.log_every == 0 or last:
+        flush_metrics()
+      if done % config.train.eval_every == 0 or last:
+        flush_metrics()
+        results, samples = evaluate_split(config, state, predict_fn, eval_sets[eval_splits[0]],
+                                          mesh, num_samples=config.train.num_pictures)
+        writer.write_eval(done, eval_splits[0], results)
+        save_prediction_panel(config, writer, eval_splits[0], done, samples)
+        if results['miou'] > best_miou:
+          best_miou = results['miou']
+          checkpointing.save(best, done, state, metrics={'miou': best_miou})
+      if done % config.train.checkpoint_every == 0 or last or stop.requested:
+        flush_metrics()
+        checkpointing.save(latest, done, state)
+        last_good = done
+      if stop.requested:
+        logging.warning('%s received: saved step %d in %s; run again to resume.',
+                        stop.requested, done, latest.directory)
+        streams.close()
+        writer.close()
+        return {'stopped_at': done}
+  streams.close()
+
+  # The best checkpoint (model selection on val) scored on the reported split.
+  report_split = eval_splits[-1]
+  if best.latest_step() is not None:
+    state = checkpointing.restore(best, abstract_state)
+  results, samples = evaluate_split(config, state, predict_fn, eval_sets[report_split], mesh,
+                                    num_samples=config.train.num_pictures)
+  results.update(split=report_split, step=int(state.step))
+  path = writer.write_json(f'results_{report_split}.json', results)
+  picture = save_prediction_panel(config, writer, report_split, int(state.step), samples)
+  logging.info('%s scores of the best checkpoint (step %d), written to %s (pictures: %s):\n%s',
+               report_split, int(state.step), path, picture, evaluate.format_table(results))
+  writer.close()
+  return results
+
+
+def restore_for_inference(config, workdir: str):
+  """(model, state) of the best checkpoint in `workdir` (else the latest), for eval and
+  prediction; no optimiser step is taken, so the data streams are not needed."""
+  model = models.model_from_config(config.model, aux_counts(config))
+  mesh = parallel.data_mesh()
+  state = create_train_state(config, model, max(config.train.num_steps, 1), mesh)
+  abstract_state = checkpointing.abstract_with_sharding(state, parallel.replicated(mesh))
+  for name in ('best', 'checkpoints'):
+    directory = os.path.join(workdir, name)
+    if os.path.isdir(directory):
+      mngr = checkpointing.manager(directory)
+      if mngr.latest_step() is not None:
+        state = checkpointing.restore(mngr, abstract_state)
+        return model, state
+  raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints; '
+                          'train first (--mode=train)')
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """`--mode=eval`: every evaluation split scored with the configured inference
+  (`config.eval`: scales, flip, sliding window); a table per split and eval_<split>.json."""
+  model, state = restore_for_inference(config, workdir)
+  mesh = parallel.data_mesh()
+  predict_fn = make_predict_fn(config, model)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  all_results = {}
+  for split in data_factory.eval_splits(config.data):
+    dataset = data_factory.make_eval_dataset(config.data, split,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+    results, _ = evaluate_split(config, state, predict_fn, dataset, mesh)
+    results.update(split=split, step=int(state.step), scales=list(config.eval.scales),
+                   flip=config.eval.flip)
+    path = writer.write_json(f'eval_{split}.json', results)
+    print(f'{split} (step {int(state.step)}), written to {path}:\n'
+          f'{evaluate.format_table(results)}')
+    all_results[split] = results
+  writer.close()
+  return all_results

@@ -1,0 +1,139 @@
+"""Folder layouts (VOC, Cityscapes, CamVid, SUN RGB-D, custom) through the pipelines."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cct_jax import data
+from cct_jax.data import cityscapes, fake, sources, voc
+
+
+def _config(name, root, **overrides):
+  cfg = data.default_data_config(name)
+  cfg.update(dict(root=str(root), num_labelled=2, batch_size_labelled=2,
+                  batch_size_unlabelled=2, crop_size=32, base_size=40))
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.fixture(scope='module')
+def roots(tmp_path_factory):
+  base = tmp_path_factory.mktemp('layouts')
+  fake.write_voc(base / 'voc')
+  fake.write_cityscapes(base / 'cityscapes')
+  fake.write_camvid(base / 'camvid')
+  fake.write_sun(base / 'sun')
+  fake.write_folder(base / 'folder')
+  return base
+
+
+LAYOUTS = {  # name: config overrides (small fixed sizes for the no-augmentation datasets)
+    'voc': {},
+    'cityscapes': dict(resize_to=(16, 32)),
+    'camvid': dict(resize_to=(18, 24)),
+    'sun': dict(resize_to=(24, 32)),
+    'folder': dict(num_classes=3),
+}
+
+
+@pytest.mark.parametrize('name', LAYOUTS)
+def test_layout_through_train_and_eval_pipelines(roots, name):
+  cfg = _config(name, roots / name, **LAYOUTS[name])
+  labelled, unlabelled = next(data.make_train_streams(cfg))
+  height, width = tuple(cfg.resize_to) if not cfg.augment else (32, 32)
+  assert labelled['image'].shape == (2, height, width, 3)
+  assert labelled['image'].dtype == np.float32
+  assert labelled['mask'].shape == (2, height, width)
+  assert set(unlabelled) == {'image'}
+  for split in data.eval_splits(cfg):
+    batches = list(data.make_eval_dataset(cfg, split))
+    assert len(batches) == len(data.make_source(cfg, split))
+    for batch in batches:
+      mask = batch['mask']
+      assert batch['valid'].all()
+      assert np.all((mask == data.IGNORE_INDEX) | ((mask >= 0) & (mask < cfg.num_classes)))
+
+
+def test_voc_palette_masks_keep_their_indices_and_borders(roots):
+  source = data.make_source(_config('voc', roots / 'voc'), 'val')
+  example = source[0]
+  stored = np.asarray(Image.open(roots / 'voc/VOCdevkit/VOC2012/SegmentationClassAug'
+                                 / f'{example["id"]}.png'))
+  np.testing.assert_array_equal(example['mask'], stored)
+  assert (example['mask'] == data.IGNORE_INDEX).any() and (example['mask'] == 0).any()
+  assert example['image'].dtype == np.uint8 and example['image'].shape == (48, 64, 3)
+
+
+def test_voc_seeded_splits_are_nested_disjoint_and_repeatable(roots, tmp_path):
+  def ids(n, split, seed=0):
+    cfg = _config('voc', roots / 'voc', num_labelled=n, split_seed=seed)
+    return [e.id for e in data.make_source(cfg, split).items]
+
+  everything = set(ids(3, 'train_labelled') + ids(3, 'train_unlabelled'))
+  assert len(everything) == 8
+  for n in (1, 3, 5):
+    assert not set(ids(n, 'train_labelled')) & set(ids(n, 'train_unlabelled'))
+    assert set(ids(n, 'train_labelled')) <= set(ids(n + 1, 'train_labelled'))
+  assert ids(3, 'train_labelled') != ids(3, 'train_labelled', seed=1)
+
+  # Written in the authors' format, the split reads back the same.
+  cfg = _config('voc', roots / 'voc', num_labelled=3)
+  splits = {s: data.make_source(cfg, s).items for s in ('train_labelled',
+                                                        'train_unlabelled', 'val')}
+  voc.write_split_files(str(tmp_path), *splits.values())
+  with open(tmp_path / '3_train_supervised.txt') as f:
+    line = f.readline().split()
+  assert line[0].startswith('/JPEGImages/') and line[1].startswith('/SegmentationClassAug/')
+  from_files = _config('voc', roots / 'voc', num_labelled=3, split_dir=str(tmp_path))
+  for split, items in splits.items():
+    assert data.make_source(from_files, split).items == tuple(items)
+
+
+def test_seeded_split_properties():
+  for n in (1, 7, 20):
+    labelled, unlabelled = data.seeded_split(20, n, seed=3)
+    assert len(labelled) == n
+    assert sorted(np.concatenate([labelled, unlabelled])) == list(range(20))
+  assert set(data.seeded_split(20, 4, 3)[0]) <= set(data.seeded_split(20, 9, 3)[0])
+  with pytest.raises(ValueError, match='num_labelled=21 must be in'):
+    data.seeded_split(20, 21, 0)
+
+
+def test_label_maps_of_cityscapes_camvid_and_sun(tmp_path):
+  raw = np.array([[7, 26, 0, 33], [255, 24, 1, 8]], np.uint8)
+  Image.fromarray(raw).save(tmp_path / 'cs.png')
+  ids = sources.read_mask(str(tmp_path / 'cs.png'), 'cs', cityscapes.label_map())
+  np.testing.assert_array_equal(ids, [[0, 13, 255, 18], [255, 11, 255, 1]])
+
+  for name, raw_values, expected in (('camvid', [0, 10, 11], [0, 10, 255]),
+                                     ('sun', [0, 1, 13], [255, 0, 12])):
+    Image.fromarray(np.array([raw_values], np.uint8)).save(tmp_path / f'{name}.png')
+    lut = data.factory._LABEL_MAPS[name]()
+    ids = sources.read_mask(str(tmp_path / f'{name}.png'), name, lut)
+    np.testing.assert_array_equal(ids, [expected])
+
+
+def test_folder_images_without_masks_are_unlabelled(roots):
+  cfg = _config('folder', roots / 'folder', num_classes=3, num_labelled=-1)
+  labelled = data.make_source(cfg, 'train_labelled')
+  unlabelled = data.make_source(cfg, 'train_unlabelled')
+  assert len(labelled) == 4 and all(i.mask for i in labelled.items)
+  assert len(unlabelled) == 3 and not any(i.mask for i in unlabelled.items)
+  assert 'mask' not in unlabelled[0]
+  assert data.class_names(cfg) == ('background', 'thing', 'stuff')
+  assert data.eval_splits(cfg) == ('val',)
+
+
+def test_authors_unlabelled_lines_never_read_masks(roots, tmp_path):
+  """Unlabelled lines name SBD masks that may not exist; they are not required."""
+  with open(tmp_path / '1_train_supervised.txt', 'w') as f:
+    f.write('/JPEGImages/2007_000000.jpg /SegmentationClassAug/2007_000000.png\n')
+  with open(tmp_path / '1_train_unsupervised.txt', 'w') as f:
+    f.write('/JPEGImages/2007_000001.jpg /SegmentationClassAug/missing.png\n')
+  cfg = _config('voc', roots / 'voc', num_labelled=1, split_dir=str(tmp_path))
+  unlabelled = data.make_source(cfg, 'train_unlabelled')
+  assert unlabelled[0]['id'] == '2007_000001' and 'mask' not in unlabelled[0]
+  assert os.path.basename(data.make_source(cfg, 'train_labelled').items[0].mask) == (
+      '2007_000000.png')

@@ -1,0 +1,168 @@
+"""Transforms (SPEC 4) and the grain pipelines: determinism, workers, state, processes."""
+
+import json
+
+from absl import flags
+import numpy as np
+import pytest
+
+from cct_jax import data
+from cct_jax.data import pipeline, transforms
+
+
+def _tex5(**overrides):
+  cfg = data.default_data_config('tex5')
+  cfg.update(dict(sizes=dict(train=40, val=7, test=5), labelled_pool=8, num_labelled=4,
+                  batch_size_labelled=4, batch_size_unlabelled=4, crop_size=48))
+  cfg.update(overrides)
+  return cfg
+
+
+def _striped_example(height, width):
+  """An image whose red channel is its mask's class: alignment survives any transform."""
+  mask = (np.arange(width)[None, :] // 7 % 3).repeat(height, 0).astype(np.int32)
+  mask[:, :3] = data.IGNORE_INDEX
+  image = np.zeros((height, width, 3), np.uint8)
+  image[..., 0] = np.where(mask == data.IGNORE_INDEX, 250, mask * 80)
+  return {'image': image, 'mask': mask, 'id': 'striped'}
+
+
+def _classes_from_image(image, mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD):
+  red = np.round((image[..., 0] * std[0] + mean[0]) * 255)
+  return np.where(red > 200, data.IGNORE_INDEX, np.round(red / 80)).astype(np.int32)
+
+
+def test_scale_crop_flip_keeps_image_and_mask_aligned():
+  example = _striped_example(375, 500)
+  for seed in range(6):
+    out = transforms.scale_crop_flip(example, np.random.default_rng(seed), crop_size=320,
+                                     base_size=400)
+    assert out['image'].shape == (320, 320, 3) and out['image'].dtype == np.float32
+    assert out['mask'].shape == (320, 320) and out['mask'].dtype == np.int32
+    inside = out['mask'] != data.IGNORE_INDEX
+    # Bicubic blurs the stripes' edges; away from them the image still gives the mask.
+    agree = _classes_from_image(out['image'])[inside] == out['mask'][inside]
+    assert agree.mean() > 0.9
+
+
+def test_rescale_range_and_padding():
+  example = _striped_example(375, 500)
+  sides = {max(transforms.rescale_long_side(example, s)['image'].shape) for s in (200, 800)}
+  assert sides == {200, 800}
+  assert transforms.rescale_long_side(example, 200)['image'].shape == (150, 200, 3)
+
+  small = _striped_example(20, 30)
+  out = transforms.scale_crop_flip(small, np.random.default_rng(0), crop_size=64,
+                                   flip=False)
+  np.testing.assert_array_equal(out['mask'][20:], data.IGNORE_INDEX)
+  np.testing.assert_array_equal(out['mask'][:, 30:], data.IGNORE_INDEX)
+  np.testing.assert_allclose(out['image'][20:], 0.0, atol=0.01)  # The mean colour.
+
+
+def test_eval_transform_pads_or_refuses():
+  example = _striped_example(30, 40)
+  out = transforms.eval_transform(example)
+  assert out['image'].shape == (30, 40, 3)
+  np.testing.assert_array_equal(out['mask'], example['mask'])
+  padded = transforms.eval_transform(example, pad_size=(32, 48))
+  assert padded['mask'].shape == (32, 48) and (padded['mask'][30:] == 255).all()
+  with pytest.raises(ValueError, match='image 30x40 is larger than the eval padding'):
+    transforms.eval_transform(example, pad_size=(16, 48))
+  resized = transforms.eval_transform(example, size=(15, 20))
+  assert resized['image'].shape == (15, 20, 3) and resized['mask'].shape == (15, 20)
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    for part_x, part_y in zip(x, y):
+      assert part_x.keys() == part_y.keys()
+      for key in part_x:
+        np.testing.assert_array_equal(part_x[key], part_y[key])
+
+
+def test_workers_give_the_same_batches():
+  flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; app.run is not here.
+  cfg = _tex5()
+  ds = pipeline.train_dataset(data.make_source(cfg, 'train_labelled'),
+                              data.train_transform(cfg), batch_size=4, seed=0)
+  in_process = iter(pipeline.prefetched(ds))
+  with_workers = iter(pipeline.prefetched(ds, num_workers=2))
+  try:
+    for _ in range(3):
+      a, b = next(in_process), next(with_workers)
+      np.testing.assert_array_equal(a['image'], b['image'])
+      np.testing.assert_array_equal(a['mask'], b['mask'])
+  finally:
+    with_workers.close()
+
+
+def test_state_restores_the_streams_exactly():
+  streams = data.make_train_streams(_tex5())
+  _take(streams, 3)
+  state = json.loads(json.dumps(streams.get_state()))  # As a checkpoint would hold it.
+  expected = _take(streams, 4)
+  restored = data.make_train_streams(_tex5())
+  restored.set_state(state)
+  _assert_same_batches(_take(restored, 4), expected)
+  # Or, without iterator state, from the step alone (any number of workers).
+  _assert_same_batches(_take(data.make_train_streams(_tex5(), start_step=3), 4), expected)
+
+
+def test_each_epoch_is_reshuffled_and_reaugmented():
+  source = [{'index': np.int64(i)} for i in range(4)]
+  draw = lambda example, rng: {**example, 'draw': rng.random()}
+  epochs = pipeline.train_dataset(source, draw, batch_size=4, seed=0)  # A batch per epoch.
+  orders = [tuple(epochs[e]['index']) for e in range(4)]
+  assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
+  assert len(set(orders)) > 1
+  draws = {(int(i), float(d)) for e in range(4) for i, d in zip(epochs[e]['index'],
+                                                                epochs[e]['draw'])}
+  assert len(draws) == 16  # Every example is augmented afresh in every epoch.
+
+
+def test_global_batch_does_not_depend_on_the_process_count():
+  source = data.make_source(_tex5(), 'train_unlabelled')
+  transform = data.train_transform(_tex5())
+  single = pipeline.train_dataset(source, transform, batch_size=4, seed=7)
+  halves = [pipeline.train_dataset(source, transform, batch_size=2, seed=7,
+                                   process_index=p, process_count=2) for p in range(2)]
+  for step in range(3):
+    together = np.concatenate([halves[0][step]['image'], halves[1][step]['image']])
+    key = lambda images: sorted(i.tobytes() for i in images)  # Order within may differ.
+    assert key(together) == key(single[step]['image'])
+
+
+def test_batch_must_divide_over_devices():
+  assert data.per_process_batch_size(8, device_count=4, process_count=2) == 4
+  with pytest.raises(ValueError, match='data.batch_size_labelled 10 does not divide over '
+                                       '4 devices.*e.g. 8'):
+    data.make_train_streams(_tex5(batch_size_labelled=10), device_count=4)
+
+
+def test_eval_batches_cover_every_example_once():
+  cfg = _tex5(eval_batch_size=3, eval_pad_to=(64, 64))
+  n = len(data.make_source(cfg, 'val'))  # 7: two full batches and one of 1 + 2 blanks.
+  batches = list(data.make_eval_dataset(cfg, 'val'))
+  assert [b['valid'].tolist() for b in batches] == [[True] * 3] * 2 + [[True, False, False]]
+  assert (batches[-1]['mask'][1:] == data.IGNORE_INDEX).all()
+
+  per_process = [list(data.make_eval_dataset(cfg, 'val', process_index=p, process_count=2))
+                 for p in range(2)]
+  assert len(per_process[0]) == len(per_process[1]) == 2  # Same step count everywhere.
+  valid = [img for ds in per_process for b in ds for img, v in zip(b['image'], b['valid'])
+           if v]
+  single = [img for b in batches for img, v in zip(b['image'], b['valid']) if v]
+  assert len(valid) == n
+  assert sorted(i.tobytes() for i in valid) == sorted(i.tobytes() for i in single)
+
+
+def test_whole_images_need_padding_to_be_batched():
+  with pytest.raises(ValueError, match='set data.eval_pad_to'):
+    data.make_eval_dataset(_tex5(eval_batch_size=2), 'val')
+  whole = list(data.make_eval_dataset(_tex5(), 'test'))
+  assert len(whole) == 5 and whole[0]['image'].shape == (1, 64, 64, 3)

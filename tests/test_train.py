@@ -1,0 +1,330 @@
+"""The trainer (SPEC 4, DESIGN.md): data-parallel equivalence, stop and resume, fail fast on
+NaN, and the command line end to end (train, eval, predict, summary, a config typo).
+
+Compiles are made cheap: `jax_disable_most_optimizations` (about four times faster XLA CPU
+compiles of the tiny model) and a persistent compilation cache shared by this module's runs
+and its command-line subprocesses, which all train the same demo smoke model.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+from jax.sharding import AxisType
+from PIL import Image
+
+from cct_jax import checkpointing, defaults, models, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope='module')
+def cheap_compiles(tmp_path_factory):
+  settings = dict(jax_disable_most_optimizations=True,
+                  jax_compilation_cache_dir=str(tmp_path_factory.mktemp('jax_cache')))
+  previous = {'jax_disable_most_optimizations':
+              jax.config.read('jax_disable_most_optimizations'),
+              'jax_compilation_cache_dir': jax.config.jax_compilation_cache_dir}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()  # so that the cache directory is taken up
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _demo_config(arg: str = 'smoke'):
+  spec = importlib.util.spec_from_file_location('demo_config',
+                                                os.path.join(REPO, 'configs', 'demo.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _abstract_state(config, num_steps: int):
+  """A restore target for `config`'s train state, from shapes alone."""
+  model = models.model_from_config(config.model, train.aux_counts(config))
+  mesh = parallel.data_mesh()
+  shapes = jax.eval_shape(lambda: train.create_train_state(config, model, num_steps, mesh))
+  return checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
+
+
+def _restore_latest(directory: str, abstract_state):
+  return checkpointing.restore(checkpointing.manager(directory), abstract_state)
+
+
+def _assert_trees_close(actual, expected, rtol, atol, what):
+  flat_actual = jax.tree_util.tree_leaves_with_path(jax.device_get(actual))
+  flat_expected = jax.tree.leaves(jax.device_get(expected))
+  assert len(flat_actual) == len(flat_expected)
+  for (path, a), e in zip(flat_actual, flat_expected):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol,
+                               err_msg=f'{what}{jax.tree_util.keystr(path)}')
+
+
+# --------------------------------------------------------------------------------------
+# Data parallelism: 4 devices compute what 1 device computes.
+
+
+def test_four_device_train_step_equals_one_device_step():
+  assert jax.device_count() == 4, 'tests/conftest.py should give 4 CPU devices'
+  config = defaults.base_config()
+  config.model = defaults.tiny_model_config(num_classes=5)
+  config.train.mode = 'semi'
+  # Per-sample randomness (dropout, cutout boxes, F-Drop's gamma) and VAT's inner gradient
+  # are where a sharded step could differ. VAT by finite differences at xi=1e-6 is rounding
+  # noise, so its exact Hessian-vector product is used here.
+  config.perturbations.counts = dict(vat=1, dropout=1, cutout=1, context_mask=0,
+                                     object_mask=0, feature_drop=1, feature_noise=1)
+  config.perturbations.vat.method = 'hvp'
+  config.loss.ramp_fraction = 0.0  # the full unsupervised weight from the first step
+  num_steps = 10
+  model = models.model_from_config(config.model, train.aux_counts(config))
+  step_fn = train.make_train_step(config, model, num_steps)
+
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(2):
+    mask = rng.integers(0, 5, (4, 32, 32)).astype(np.int32)
+    mask[:, :4] = 255
+    batches.append((
+        {'image': rng.normal(size=(4, 32, 32, 3)).astype(np.float32), 'mask': mask},
+        {'image': rng.normal(size=(4, 32, 32, 3)).astype(np.float32)}))
+
+  one_device = jax.make_mesh((1,), ('data',), axis_types=(AxisType.Auto,),
+                             devices=jax.devices()[:1])
+  initial = jax.device_get(train.create_train_state(config, model, num_steps, one_device))
+
+  def run(mesh):
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state = jax.device_put(initial, rep)
+    step = jax.jit(step_fn, in_shardings=(rep, batch, batch), out_shardings=(rep, rep))
+    history = []
+    for labelled, unlabelled in batches:
+      state, metrics = step(state, jax.device_put(labelled, batch),
+                            jax.device_put(unlabelled, batch))
+      history.append(jax.device_get(metrics))
+    assert len(state.params['encoder']['trunk']) and state.step.sharding.mesh == mesh
+    return jax.device_get(state), history
+
+  state_1, metrics_1 = run(one_device)
+  state_4, metrics_4 = run(parallel.data_mesh())
+  for m4, m1 in zip(metrics_4, metrics_1):
+    assert set(m4) == set(m1)
+    assert m1['loss_unsup'] > 0 and m1['unsup_weight'] == 30.0
+    for name in m1:
+      np.testing.assert_allclose(m4[name], m1[name], rtol=1e-5, err_msg=name)
+  assert int(state_4.step) == int(state_1.step) == 2
+  _assert_trees_close(state_4.params, state_1.params, 1e-5, 1e-6, 'params')
+  _assert_trees_close(state_4.batch_stats, state_1.batch_stats, 1e-5, 1e-6, 'batch_stats')
+  # The updates themselves (not only the much larger parameters) agree, aux decoders too.
+  updates_1 = jax.tree.map(np.subtract, state_1.params, initial.params)
+  updates_4 = jax.tree.map(np.subtract, state_4.params, initial.params)
+  for name in state_1.params['aux_decoders']:
+    assert np.abs(np.concatenate([x.ravel() for x in jax.tree.leaves(
+        updates_1['aux_decoders'][name])])).max() > 0, f'{name} decoder got no update'
+  for (path, u4), u1, p in zip(jax.tree_util.tree_leaves_with_path(updates_4),
+                               jax.tree.leaves(updates_1), jax.tree.leaves(state_1.params)):
+    # 1% of the update, plus the rounding of parameter - initial parameter.
+    tolerance = 1e-2 * np.abs(u1).max() + 32 * np.spacing(np.abs(p).max())
+    assert np.abs(u4 - u1).max() <= tolerance, (
+        f'update of {jax.tree_util.keystr(path)} differs')
+
+
+# --------------------------------------------------------------------------------------
+# The command line, and stop / resume / fail fast against its uninterrupted demo run.
+
+
+def _cli(*args, workdir=None, check=True):
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', JAX_NUM_CPU_DEVICES='4',
+             JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '')
+  command = [sys.executable, '-m', 'cct_jax.main', *args]
+  if workdir is not None:
+    command.append(f'--workdir={workdir}')
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+  if check and result.returncode:
+    pytest.fail(f'{" ".join(args)} exited with {result.returncode}:\n{result.stderr[-5000:]}')
+  return result
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  """`python -m cct_jax.main --config=configs/demo.py:smoke`: 4 uninterrupted steps."""
+  workdir = tmp_path_factory.mktemp('smoke_run')
+  _cli('--config=configs/demo.py:smoke', workdir=workdir)
+  return workdir
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _losses_by_step(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return {r['step']: r['loss'] for r in records if 'loss' in r}
+
+
+def test_demo_smoke_trains_evaluates_and_predicts_from_the_command_line(smoke_run, tmp_path):
+  workdir = smoke_run
+  trained = _read_json(workdir / 'results_test.json')
+  assert 0 <= trained['miou'] <= 1 and trained['split'] == 'test'
+  assert sorted(_losses_by_step(workdir)) == [1, 2, 3, 4]
+  assert (workdir / 'config.json').exists()
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  assert os.listdir(workdir / 'best') == [str(trained['step'])]
+
+  _cli('--config=configs/demo.py:smoke', '--mode=eval', workdir=workdir)
+  for split in ('val', 'test'):
+    scores = _read_json(workdir / f'eval_{split}.json')
+    assert 0 <= scores['miou'] <= 1 and scores['step'] == trained['step']
+    assert set(scores['per_class_iou']) == {'brick', 'grass', 'gravel', 'moon', 'ihc'}
+  # The same (best) checkpoint and the same whole-image inference as the end of training.
+  assert _read_json(workdir / 'eval_test.json')['miou'] == pytest.approx(trained['miou'],
+                                                                         abs=1e-3)
+
+  images, predictions = tmp_path / 'images', tmp_path / 'predictions'
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  sizes = {'square': (64, 64), 'odd': (50, 70)}  # (height, width); 50 x 70 needs padding
+  for name, (height, width) in sizes.items():
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+        images / f'{name}.png')
+  _cli('--config=configs/demo.py:smoke', '--mode=predict', f'--input={images}',
+       f'--output={predictions}', workdir=workdir)
+  for name, (height, width) in sizes.items():
+    labels = Image.open(predictions / f'{name}.png')
+    assert labels.mode == 'P' and labels.size == (width, height)
+    assert np.asarray(labels).max() < 5
+    overlay = Image.open(predictions / f'{name}_overlay.jpg')
+    assert overlay.size == (width, height) and overlay.mode == 'RGB'
+
+
+def test_stop_request_catches_sigint_and_sigterm_and_restores_handlers():
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    with train._StopRequest() as stop:  # pylint: disable=protected-access
+      assert stop.requested is None
+      signal.raise_signal(sig)  # would end the test session without the handler
+      assert stop.requested == sig.name
+  assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(
+    smoke_run, tmp_path, monkeypatch):
+  config = _demo_config('smoke')  # what the command line ran, 4 steps, checkpoints every 2
+  workdir = str(tmp_path / 'run')
+
+  # SIGTERM arrives while step 3 runs, after the step-2 checkpoint was written: the run
+  # must finish step 3, save it (3 is not a checkpoint_every step) and return.
+  real_save, real_global_batch = checkpointing.save, parallel.global_batch
+  saved, signalled = [], []
+
+  def save(mngr, step, *args, **kwargs):
+    real_save(mngr, step, *args, **kwargs)
+    if os.path.basename(str(mngr.directory)) == 'checkpoints':
+      saved.append(step)
+
+  def global_batch(mesh, host_batch):
+    if saved and not signalled:
+      signalled.append(True)
+      assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), (
+          'the training loop does not catch SIGTERM')
+      signal.raise_signal(signal.SIGTERM)
+    return real_global_batch(mesh, host_batch)
+
+  handler = signal.getsignal(signal.SIGTERM)
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing, 'save', save)
+    patch.setattr(parallel, 'global_batch', global_batch)
+    stopped = train.train_and_evaluate(config, workdir)
+  assert signalled and stopped == {'stopped_at': 3}
+  assert saved == [2, 3]
+  assert signal.getsignal(signal.SIGTERM) == handler
+  assert not os.path.exists(os.path.join(workdir, 'results_test.json'))
+  assert _read_json(os.path.join(workdir, 'config.json')) == _read_json(
+      smoke_run / 'config.json')
+
+  resumed = train.train_and_evaluate(config, workdir)  # resumes from step 3 by itself
+  full = _read_json(smoke_run / 'results_test.json')
+  assert resumed['step'] == full['step']
+  assert resumed['miou'] == pytest.approx(full['miou'], abs=1e-6)
+
+  abstract = _abstract_state(config, num_steps=4)
+  state_full = _restore_latest(str(smoke_run / 'checkpoints'), abstract)
+  state_resumed = _restore_latest(os.path.join(workdir, 'checkpoints'), abstract)
+  assert int(state_full.step) == int(state_resumed.step) == 4
+  _assert_trees_close(state_resumed.params, state_full.params, 1e-6, 1e-7, 'params')
+  _assert_trees_close(state_resumed.batch_stats, state_full.batch_stats, 1e-6, 1e-7,
+                      'batch_stats')
+  _assert_trees_close(state_resumed.opt_state, state_full.opt_state, 1e-6, 1e-7,
+                      'opt_state')
+
+  # Every step, the resumed one included, saw the same batches and randomness.
+  full_losses, resumed_losses = _losses_by_step(smoke_run), _losses_by_step(workdir)
+  assert sorted(resumed_losses) == sorted(full_losses) == [1, 2, 3, 4]
+  for step, loss in full_losses.items():
+    assert resumed_losses[step] == pytest.approx(loss, rel=1e-6), step
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch):
+  # The demo smoke run, metrics fetched only at the end (step 4), checkpoints every 2
+  # steps: the NaN of step 3 must be caught, and named, before step 4 is checkpointed.
+  config = _demo_config('smoke')
+  config.train.update(dict(log_every=5, eval_every=5))
+  real_global_batch = parallel.global_batch
+  labelled_batches = []
+
+  def global_batch(mesh, host_batch):
+    if isinstance(host_batch, dict) and 'mask' in host_batch:
+      labelled_batches.append(True)
+      if len(labelled_batches) >= 3:
+        host_batch = dict(host_batch, image=np.full_like(host_batch['image'], np.nan))
+    return real_global_batch(mesh, host_batch)
+
+  monkeypatch.setattr(parallel, 'global_batch', global_batch)
+  workdir = str(tmp_path / 'run')
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(FloatingPointError, match=r'\bstep 3\b') as failure:
+    train.train_and_evaluate(config, workdir)
+  assert 'step 2' in str(failure.value)  # the checkpoint it keeps
+  assert signal.getsignal(signal.SIGTERM) == handler
+
+  mngr = checkpointing.manager(os.path.join(workdir, 'checkpoints'))
+  assert list(mngr.all_steps()) == [2]
+  state = checkpointing.restore(mngr, _abstract_state(config, num_steps=4))
+  assert int(state.step) == 2
+  for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
+    assert np.all(np.isfinite(leaf))
+
+
+def test_config_typo_fails_before_anything_starts(tmp_path):
+  workdir = tmp_path / 'typo'
+  result = _cli('--config=configs/demo.py:smoke', '--config.optim.lrr=0.1', workdir=workdir,
+                check=False)
+  assert result.returncode != 0
+  assert 'lrr' in result.stderr
+  assert not workdir.exists()
+
+
+def test_summary_prints_the_parameter_table_and_writes_summary_json(tmp_path):
+  workdir = tmp_path / 'summary'
+  result = _cli('--config=configs/voc.py', '--mode=summary', workdir=workdir)
+  expected = {'trunk': 23631808, 'psp': 23073792, 'main_decoder': 16296,
+              'aux_decoders': 488880, 'total': 47210776}
+  rows = [line.replace(',', '').split() for line in result.stdout.splitlines()]
+  for name, count in expected.items():
+    assert [name, str(count)] in rows, f'no row "{name} {count:,}" in:\n{result.stdout}'
+  assert _read_json(workdir / 'summary.json') == expected

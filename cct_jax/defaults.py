@@ -57,14 +57,28 @@ def eval_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(scales=(1.0,), flip=False, window=0))
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
+  """The paper's setting on `dataset`, the model sized for its classes."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.data = data_config(dataset)
   config.model = model_config()
+  config.model.num_classes = config.data.num_classes
   config.perturbations = perturbations.default_perturbation_config()
   config.loss = losses.default_loss_config()
   config.optim = schedules.default_optim_config()
-  config.data = data_config('voc')
   config.train = train_config()
   config.eval = eval_config()
+  return config
+
+
+def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few steps of a tiny model on 64x64 crops with one decoder per perturbation type:
+  checks that a configuration runs end to end on a CPU, not what it learns."""
+  config.model = tiny_model_config(config.data.num_classes)
+  config.data.update(crop_size=64, base_size=80, resize_to=(64, 64), batch_size_labelled=4,
+                     batch_size_unlabelled=4)
+  config.perturbations.counts = {name: min(count, 1)
+                                 for name, count in config.perturbations.counts.items()}
+  config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
   return config

@@ -79,7 +79,8 @@ def poly_schedule(base_lr: float, total_steps: int, power: float = 0.9) -> optax
 def default_optim_config() -> ml_collections.ConfigDict:
   """SGD of App. J, Table 12, with Ref's 0.1x trunk learning rate (SPEC 3)."""
   return ml_collections.ConfigDict(dict(
-      lr=1e-2, momentum=0.9, weight_decay=1e-4, trunk_lr_multiplier=0.1, poly_power=0.9))
+      name='sgd', lr=1e-2, momentum=0.9, weight_decay=1e-4, trunk_lr_multiplier=0.1,
+      poly_power=0.9))
 
 
 def param_group(path: tuple[Any, ...]) -> str:
@@ -93,22 +94,31 @@ def param_groups(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
 
 
+OPTIMIZERS = ('sgd', 'adamw')
+
+
 def make_optimizer(optim_cfg: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
-  """SGD + momentum with PyTorch weight decay and poly decay, the trunk at a lower lr.
+  """The paper's SGD (default) or AdamW, with poly decay and the trunk at a lower lr.
 
-  Weight decay is added to the gradient before momentum (`add_decayed_weights` then
-  `sgd`), which is PyTorch's SGD(weight_decay=...), not AdamW-style decoupled decay.
-  The groups come from the parameter paths (`param_groups`), so any tree with
-  params['encoder']['trunk'] works, abstract ones included.
+  SGD: weight decay is added to the gradient before momentum (`add_decayed_weights` then
+  `sgd`), which is PyTorch's SGD(weight_decay=...). AdamW (`optim.name='adamw'`, for small
+  networks trained from scratch) decouples it. The groups come from the parameter paths
+  (`param_groups`), so any tree with params['encoder']['trunk'] works, abstract ones
+  included.
   """
+  if optim_cfg.name not in OPTIMIZERS:
+    raise ValueError(f'optim.name must be one of {OPTIMIZERS}, got {optim_cfg.name!r}')
 
-  def sgd(lr_multiplier):
+  def optimizer(lr_multiplier):
     learning_rate = poly_schedule(optim_cfg.lr * lr_multiplier, total_steps,
                                   optim_cfg.poly_power)
+    if optim_cfg.name == 'adamw':
+      return optax.adamw(learning_rate, weight_decay=optim_cfg.weight_decay)
     momentum = optim_cfg.momentum if optim_cfg.momentum > 0 else None
     return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
                        optax.sgd(learning_rate, momentum=momentum))
 
   return optax.partition(
-      {'trunk': sgd(optim_cfg.trunk_lr_multiplier), 'head': sgd(1.0)}, param_groups)
+      {'trunk': optimizer(optim_cfg.trunk_lr_multiplier), 'head': optimizer(1.0)},
+      param_groups)

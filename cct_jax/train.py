@@ -32,6 +32,19 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
+def check_config(config) -> None:
+  """Mistakes that would otherwise surface deep in a run, or never."""
+  if config.train.mode not in ('semi', 'supervised'):
+    raise ValueError(f"train.mode must be 'semi' or 'supervised', got {config.train.mode!r}")
+  if config.model.num_classes != config.data.num_classes:
+    raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
+                     f'{config.data.num_classes} ({config.data.name})')
+  unknown = set(config.perturbations.counts) - set(perturbations.ROSTER_ORDER)
+  if unknown:
+    raise ValueError(f'unknown perturbation types {sorted(unknown)} in perturbations.counts; '
+                     f'known: {perturbations.ROSTER_ORDER}')
+
+
 def aux_counts(config) -> dict[str, int]:
   """The auxiliary decoders the run trains: none for the supervised baseline."""
   return dict(config.perturbations.counts) if config.train.mode == 'semi' else {}
@@ -227,6 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mIoU kept apart from the latest), then scores the best checkpoint on the dataset's
   reported split. Resumes from `workdir` when it holds a checkpoint. Returns the final
   results (or {'stopped_at': step} after SIGTERM / SIGINT)."""
+  check_config(config)
   # Logging.
   os.makedirs(workdir, exist_ok=True)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)

@@ -11,9 +11,8 @@ from cct_jax import defaults
 
 
 def get_config(arg: str = ''):
-  config = defaults.base_config()
-  config.model = defaults.tiny_model_config(num_classes=5)
-  config.data = defaults.data_config('tex5')
+  config = defaults.base_config('tex5')
+  config.model = defaults.tiny_model_config(config.data.num_classes)
   # No background class in the mosaics: the mask-based perturbations have nothing to mask.
   config.perturbations.counts.update(context_mask=0, object_mask=0)
   config.train.mode = 'semi'

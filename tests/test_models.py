@@ -33,7 +33,7 @@ def test_odd_input_gives_pytorch_feature_and_logit_sizes():
   assert aux['dropout'].shape == (2, 2, 321, 321, 5)
 
 
-@pytest.mark.parametrize('output_stride, size', [(8, 41), (16, 21)])
+@pytest.mark.parametrize('output_stride, size', [(4, 81), (8, 41), (16, 21)])
 def test_output_stride(output_stride, size):
   trunk = resnet.ResNet(stage_sizes=(1, 1, 1, 1), width=4, output_stride=output_stride)
   x = jax.ShapeDtypeStruct((1, 321, 321, 3), jnp.float32)

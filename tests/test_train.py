@@ -1,9 +1,8 @@
 """The trainer (SPEC 4, DESIGN.md): data-parallel equivalence, stop and resume, fail fast on
 NaN, and the command line end to end (train, eval, predict, summary, a config typo).
 
-Compiles are made cheap: `jax_disable_most_optimizations` (about four times faster XLA CPU
-compiles of the tiny model) and a persistent compilation cache shared by this module's runs
-and its command-line subprocesses, which all train the same demo smoke model.
+The in-process runs and the command-line subprocesses all train the same demo smoke model,
+so the session's compilation cache (tests/conftest.py) compiles it once.
 """
 
 import importlib.util
@@ -16,29 +15,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import AxisType
 from PIL import Image
 
 from cct_jax import checkpointing, defaults, models, parallel, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope='module')
-def cheap_compiles(tmp_path_factory):
-  settings = dict(jax_disable_most_optimizations=True,
-                  jax_compilation_cache_dir=str(tmp_path_factory.mktemp('jax_cache')))
-  previous = {'jax_disable_most_optimizations':
-              jax.config.read('jax_disable_most_optimizations'),
-              'jax_compilation_cache_dir': jax.config.jax_compilation_cache_dir}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()  # so that the cache directory is taken up
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 def _demo_config(arg: str = 'smoke'):
@@ -144,13 +126,10 @@ def test_four_device_train_step_equals_one_device_step():
 
 
 def _cli(*args, workdir=None, check=True):
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1', JAX_NUM_CPU_DEVICES='4',
-             JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '')
   command = [sys.executable, '-m', 'cct_jax.main', *args]
   if workdir is not None:
     command.append(f'--workdir={workdir}')
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                           timeout=300)
   if check and result.returncode:
     pytest.fail(f'{" ".join(args)} exited with {result.returncode}:\n{result.stderr[-5000:]}')
@@ -328,3 +307,15 @@ def test_summary_prints_the_parameter_table_and_writes_summary_json(tmp_path):
   for name, count in expected.items():
     assert [name, str(count)] in rows, f'no row "{name} {count:,}" in:\n{result.stdout}'
   assert _read_json(workdir / 'summary.json') == expected
+
+
+def test_inconsistent_config_fails_before_anything_starts(tmp_path):
+  config = _demo_config()
+  config.model.num_classes = 7
+  with pytest.raises(ValueError, match='model.num_classes=7 but data.num_classes=5'):
+    train.train_and_evaluate(config, str(tmp_path / 'classes'))
+  config = _demo_config()
+  config.perturbations.counts['feature_nosie'] = 2
+  with pytest.raises(ValueError, match=r"unknown perturbation types \['feature_nosie'\]"):
+    train.train_and_evaluate(config, str(tmp_path / 'roster'))
+  assert not os.listdir(tmp_path)

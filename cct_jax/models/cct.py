@@ -78,18 +78,25 @@ def perturbation_type_key(key: jax.Array, name: str) -> jax.Array:
   return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
+def decoder_upsamples(output_stride: int) -> int:
+  """x2 blocks per decoder: back to the input size at output stride 4 or 8; at 16, 8x as
+  the authors' fixed `upscale=8`, and the last factor of 2 is a bilinear resize."""
+  return min(output_stride, 8).bit_length() - 1
+
+
 class DecoderStack(nn.Module):
   """`count` decoders of one perturbation type, as one stacked parameter tree."""
   count: int
   num_classes: int
   final_relu: bool = True
+  num_upsamples: int = 3
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
                perturb: Perturbation) -> jax.Array:
     """Returns the stacked auxiliary logits (count, B, 8h, 8w, C)."""
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
-    decoder = Decoder(self.num_classes, final_relu=self.final_relu, parent=None)
+    decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu, parent=None)
     init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
         jax.random.split(rng, self.count))
     stack = self.param('decoders', init_stack)
@@ -106,13 +113,15 @@ class AuxiliaryDecoders(nn.Module):
   counts: Mapping[str, int]
   num_classes: int
   final_relu: bool = True
+  num_upsamples: int = 3
 
   @nn.compact
   def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation]):
     aux = {}
     for name, count in self.counts.items():
       if count > 0:
-        stack = DecoderStack(count, self.num_classes, self.final_relu, name=name)
+        stack = DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
+                             name=name)
         aux[name] = stack(z, perturbation_type_key(key, name), main_logits, perturbations[name])
     return aux
 
@@ -138,9 +147,10 @@ class CCT(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.stage_sizes, self.width, self.stem, self.output_stride,
                            self.psp_features, self.psp_bins)
-    self.main_decoder = Decoder(self.num_classes, final_relu=self.final_relu)
+    upsamples = decoder_upsamples(self.output_stride)
+    self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu)
     self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
-                                          self.final_relu)
+                                          self.final_relu, upsamples)
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,

@@ -1,8 +1,8 @@
 """Pixel-shuffle decoder (SPEC 1; paper sec. 4.1 and App. D).
 
 Every decoder, main or auxiliary, is the same stateless network: a 1x1 projection of z to
-C channels, then three x2 sub-pixel upsampling blocks, giving logits at 8x the feature
-resolution. It holds parameters only (no batch statistics), so a stack of K decoders is a
+C channels, then x2 sub-pixel upsampling blocks (three at output stride 8), giving logits
+at the input resolution. It holds parameters only (no batch statistics), so a stack of K decoders is a
 pytree with a leading axis of size K that `jax.vmap` runs as one computation.
 """
 
@@ -47,7 +47,7 @@ def torch_default_bias_init(fan_in: int):
 
 
 class Decoder(nn.Module):
-  """1x1 conv z -> C (no bias), then 3 x [1x1 conv C -> 4C, ReLU, pixel shuffle x2].
+  """1x1 conv z -> C (no bias), then `num_upsamples` x [1x1 conv C -> 4C, ReLU, shuffle x2].
 
   The 1x1 convolutions are `Dense` layers on the channel axis: the same arithmetic, and a
   vmapped stack of them lowers to one batched matmul. `final_relu=True` keeps the

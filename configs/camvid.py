@@ -1,0 +1,22 @@
+"""CamVid, 11 classes, 360x480 without augmentation (paper sec. 4.3, Table 7's single-domain
+CCT baseline: 100 labelled images).
+
+  python -m cct_jax.main --config=configs/camvid.py --workdir=runs/camvid \
+      --config.data.root=/data/CamVid --config.model.pretrained=resnet50_deep.npz
+
+Argument: the labelled count (default 100) or `smoke`.
+"""
+
+from cct_jax import defaults
+
+
+def get_config(arg: str = '100'):
+  config = defaults.base_config('camvid')
+  # No background class: the object masks have nothing to mask.
+  config.perturbations.counts.update(context_mask=0, object_mask=0)
+  config.train.num_epochs = 50
+  config.train.eval_every = 1000
+  if arg == 'smoke':
+    return defaults.shrink_for_smoke_test(config)
+  config.data.num_labelled = int(arg)
+  return config

@@ -1,0 +1,26 @@
+"""Cityscapes, 19 classes, 512x1024 without augmentation (paper sec. 4.3, Table 7's
+single-domain CCT baseline: 100 labelled images).
+
+  python -m cct_jax.main --config=configs/cityscapes.py --workdir=runs/cityscapes \
+      --config.data.root=/data/cityscapes --config.model.pretrained=resnet50_deep.npz
+
+With TFDS's prepared `cityscapes/semantic_segmentation`, add
+`--config.data.name=cityscapes_tfds --config.data.tfds_dir=~/tensorflow_datasets`.
+Argument: the labelled count (default 100) or `smoke`.
+"""
+
+from cct_jax import defaults
+
+
+def get_config(arg: str = '100'):
+  config = defaults.base_config('cityscapes')
+  # No background class: the object masks have nothing to mask.
+  config.perturbations.counts.update(context_mask=0, object_mask=0)
+  config.data.batch_size_labelled = 8
+  config.data.batch_size_unlabelled = 8
+  config.train.num_epochs = 50
+  config.train.eval_every = 1000
+  if arg == 'smoke':
+    return defaults.shrink_for_smoke_test(config)
+  config.data.num_labelled = int(arg)
+  return config

@@ -82,3 +82,11 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
                                  for name, count in config.perturbations.counts.items()}
   config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
   return config
+
+
+def finish(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """A config file's argument: the number of labelled images, or 'smoke'."""
+  if arg == 'smoke':
+    return shrink_for_smoke_test(config)
+  config.data.num_labelled = int(arg)
+  return config

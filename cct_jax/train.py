@@ -39,10 +39,7 @@ def check_config(config) -> None:
   if config.model.num_classes != config.data.num_classes:
     raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
                      f'{config.data.num_classes} ({config.data.name})')
-  unknown = set(config.perturbations.counts) - set(perturbations.ROSTER_ORDER)
-  if unknown:
-    raise ValueError(f'unknown perturbation types {sorted(unknown)} in perturbations.counts; '
-                     f'known: {perturbations.ROSTER_ORDER}')
+  perturbations.build_perturbations(config.perturbations)  # unknown types, VAT method
 
 
 def aux_counts(config) -> dict[str, int]:

@@ -16,7 +16,4 @@ def get_config(arg: str = '100'):
   config.perturbations.counts.update(context_mask=0, object_mask=0)
   config.train.num_epochs = 50
   config.train.eval_every = 1000
-  if arg == 'smoke':
-    return defaults.shrink_for_smoke_test(config)
-  config.data.num_labelled = int(arg)
-  return config
+  return defaults.finish(config, arg)

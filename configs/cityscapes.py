@@ -20,7 +20,4 @@ def get_config(arg: str = '100'):
   config.data.batch_size_unlabelled = 8
   config.train.num_epochs = 50
   config.train.eval_every = 1000
-  if arg == 'smoke':
-    return defaults.shrink_for_smoke_test(config)
-  config.data.num_labelled = int(arg)
-  return config
+  return defaults.finish(config, arg)

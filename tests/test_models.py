@@ -10,9 +10,8 @@ from cct_jax.models import cct, decoders, psp, resnet
 
 
 def tiny_model(**overrides):
-  kwargs = dict(num_classes=5, stage_sizes=(1, 1, 1, 1), width=4, psp_features=16)
-  kwargs.update(overrides)
-  return cct.CCT(**kwargs)
+  encoder = cct.Encoder(stage_sizes=(1, 1, 1, 1), width=4, psp_features=16)
+  return cct.CCT(num_classes=5, encoder=encoder, **overrides)
 
 
 def test_odd_input_gives_pytorch_feature_and_logit_sizes():

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from cct_jax.models.cct import CCT, init_variables
+from cct_jax.models.cct import CCT, Encoder, init_variables
 
 
 def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) -> CCT:
@@ -11,17 +11,16 @@ def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) ->
   `aux_counts` (perturbation type -> number of auxiliary decoders) is None for a model
   that only ever runs the encoder and main decoder (supervised training, evaluation).
   """
-  return CCT(
-      num_classes=model_cfg.num_classes,
-      aux_counts=dict(aux_counts or {}),
+  encoder = Encoder(
       stage_sizes=tuple(model_cfg.stage_sizes),
       width=model_cfg.width,
       stem=model_cfg.stem,
       output_stride=model_cfg.output_stride,
       psp_features=model_cfg.psp_features,
       psp_bins=tuple(model_cfg.psp_bins),
-      final_relu=model_cfg.decoder_final_relu,
   )
+  return CCT(num_classes=model_cfg.num_classes, encoder=encoder,
+             aux_counts=dict(aux_counts or {}), final_relu=model_cfg.decoder_final_relu)
 
 
-__all__ = ['CCT', 'init_variables', 'model_from_config']
+__all__ = ['CCT', 'Encoder', 'init_variables', 'model_from_config']

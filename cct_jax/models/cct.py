@@ -127,7 +127,7 @@ class AuxiliaryDecoders(nn.Module):
 
 
 class CCT(nn.Module):
-  """Encoder + main decoder + auxiliary decoders (`aux_counts`: type name -> K).
+  """`encoder` + main decoder + auxiliary decoders (`aux_counts`: type name -> K).
 
   `__call__(x, train, perturbations, key)` returns `(main_logits, aux)` at the input size:
   aux maps each perturbation type to its stacked logits (K, B, H, W, C), and is empty when
@@ -135,19 +135,12 @@ class CCT(nn.Module):
   the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
   """
   num_classes: int
+  encoder: Encoder = Encoder()
   aux_counts: Mapping[str, int] = None
-  stage_sizes: Sequence[int] = (3, 4, 6, 3)
-  width: int = 64
-  stem: str = 'deep'
-  output_stride: int = 8
-  psp_features: int = 512
-  psp_bins: Sequence[int] = (1, 2, 3, 6)
   final_relu: bool = True
 
   def setup(self):
-    self.encoder = Encoder(self.stage_sizes, self.width, self.stem, self.output_stride,
-                           self.psp_features, self.psp_bins)
-    upsamples = decoder_upsamples(self.output_stride)
+    upsamples = decoder_upsamples(self.encoder.output_stride)
     self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu)
     self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
                                           self.final_relu, upsamples)

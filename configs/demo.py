@@ -1,10 +1,11 @@
-"""CCT on the bundled texture mosaics (tex5, SPEC 6): a few labelled mosaics, many unlabelled.
+"""CCT on the bundled texture mosaics (tex5, SPEC 6): 25 labelled mosaics, 4000 unlabelled.
 
   python -m cct_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m cct_jax.main --config=configs/demo.py:smoke --workdir=runs/demo_smoke
 
-The argument `smoke` shrinks everything so that train + eval + predict finish in under a
-minute on a CPU (the test suite runs it).
+Expected: test mIoU about 0.62 after 1200 steps (about 4 minutes on 2 CPU cores). The
+argument `smoke` shrinks everything to a four-step run that checks train + eval + predict
+(the test suite runs it).
 """
 
 from cct_jax import defaults
@@ -13,28 +14,26 @@ from cct_jax import defaults
 def get_config(arg: str = ''):
   config = defaults.base_config('tex5')
   config.model = defaults.tiny_model_config(config.data.num_classes)
+  # 64x64 mosaics: output stride 4 keeps a 16x16 feature map for the cell boundaries.
+  config.model.output_stride = 4
   # No background class in the mosaics: the mask-based perturbations have nothing to mask.
   config.perturbations.counts.update(context_mask=0, object_mask=0)
-  config.train.mode = 'semi'
-  config.train.num_steps = 600
-  config.train.eval_every = 200
-  config.train.log_every = 50
-  config.train.checkpoint_every = 200
-  config.data.batch_size_labelled = 8
-  config.data.batch_size_unlabelled = 8
-  config.data.eval_batch_size = 20
-  config.data.eval_pad_to = (64, 64)
+  # At xi = 1e-6 the float32 finite difference is rounding noise; take the exact direction.
+  config.perturbations.vat.method = 'hvp'
+  # Trained from scratch: the whole network at a 10x larger rate than the paper's
+  # fine-tuning of ImageNet weights, trunk included.
+  config.optim.lr = 0.1
+  config.optim.trunk_lr_multiplier = 1.0
+  # Five classes make the per-class MSE larger than VOC's 21; 10 did better than 3 or 30.
+  config.loss.unsup_weight = 10.0
+  config.train.update(mode='semi', num_steps=1200, eval_every=300, log_every=50,
+                      checkpoint_every=300)
+  config.data.update(batch_size_labelled=8, batch_size_unlabelled=8, eval_batch_size=20,
+                     eval_pad_to=(64, 64))
   if arg == 'smoke':
-    config.train.num_steps = 4
-    config.train.eval_every = 2
-    config.train.log_every = 2
-    config.train.checkpoint_every = 2
-    config.data.sizes = dict(train=64, val=8, test=8)
-    config.data.labelled_pool = 16
-    config.data.num_labelled = 4
-    config.data.batch_size_labelled = 4
-    config.data.batch_size_unlabelled = 4
-    config.data.eval_batch_size = 4
+    config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
+    config.data.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16, num_labelled=4,
+                       batch_size_labelled=4, batch_size_unlabelled=4, eval_batch_size=4)
     config.perturbations.counts = dict(vat=1, dropout=1, cutout=1, context_mask=0,
                                        object_mask=0, feature_drop=1, feature_noise=1)
   return config

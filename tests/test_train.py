@@ -319,3 +319,22 @@ def test_inconsistent_config_fails_before_anything_starts(tmp_path):
   with pytest.raises(ValueError, match=r"unknown perturbation types \['feature_nosie'\]"):
     train.train_and_evaluate(config, str(tmp_path / 'roster'))
   assert not os.listdir(tmp_path)
+
+
+def test_summary_with_a_data_root_checks_every_file(tmp_path):
+  from cct_jax.data import fake  # pylint: disable=import-outside-toplevel
+  voc_root = fake.write_voc(str(tmp_path / 'data'), num_train=6, num_val=2)
+  args = ('--config=configs/voc.py:smoke', '--mode=summary', f'--config.data.root={voc_root}',
+          '--config.data.num_labelled=2')
+  result = _cli(*args, workdir=tmp_path / 'ok')
+  assert 'train_labelled' in result.stdout and 'pixel frequency per class' in result.stdout
+  sizes = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
+           if line.endswith(' examples')}
+  assert sizes == {'train_labelled': 2, 'train_unlabelled': 4, 'val': 2}
+
+  os.remove(os.path.join(voc_root, 'JPEGImages', '2007_000001.jpg'))
+  with open(os.path.join(voc_root, 'JPEGImages', '2007_000003.jpg'), 'wb') as f:
+    f.write(b'not a jpeg')
+  result = _cli(*args, workdir=tmp_path / 'broken', check=False)
+  assert result.returncode != 0
+  assert '2007_000001' in result.stderr and '2007_000003' in result.stderr  # both listed

@@ -6,6 +6,8 @@ single-domain CCT baseline: 100 labelled images).
 
 With TFDS's prepared `cityscapes/semantic_segmentation`, add
 `--config.data.name=cityscapes_tfds --config.data.tfds_dir=~/tensorflow_datasets`.
+Expected: the paper reports Cityscapes only jointly with CamVid or SUN (Table 7); not
+measured here, no Cityscapes copy on these machines.
 Argument: the labelled count (default 100) or `smoke`.
 """
 

@@ -7,6 +7,8 @@ of `num_train` scenes whose labelled examples are drawn (by the run's split seed
 first `labelled_pool`; the scenes after the pool form the unlabelled set.
 """
 
+import abc
+
 import numpy as np
 
 from cct_jax.data import sources
@@ -14,14 +16,15 @@ from cct_jax.data import sources
 SPLIT_CODES = {'train': 0, 'val': 1, 'test': 2}
 
 
-class GeneratedSource:
+class GeneratedSource(abc.ABC):
   """`num_scenes` scenes of one split; subclasses define `generate(rng) -> image, mask`."""
 
   def __init__(self, split: str, num_scenes: int, seed: int):
     self.split, self.num_scenes, self.seed = split, num_scenes, seed
 
+  @abc.abstractmethod
   def generate(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    raise NotImplementedError
+    """One scene's uint8 RGB image and int32 mask, drawn from `rng` alone."""
 
   def __len__(self) -> int:
     return self.num_scenes

@@ -18,7 +18,11 @@ def manager(directory: str, max_to_keep: int | None = 2) -> ocp.CheckpointManage
   # Synchronous saves: a run stopped right after a save has it on disk, complete.
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  # A bucket (gs://...) is written by orbax and tensorstore directly, every process its
+  # part, with commit markers in place of renames.
+  directory = str(directory)
+  path = directory if '://' in directory else os.path.abspath(directory)
+  return ocp.CheckpointManager(path, options=options)
 
 
 def latest_step(mngr: ocp.CheckpointManager) -> int | None:

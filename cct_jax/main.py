@@ -6,12 +6,18 @@
       --input=DIR --output=DIR
   python -m cct_jax.main --config=configs/voc.py --workdir=runs/voc --mode=summary \
       --config.data.root=VOCdevkit/VOC2012     # parameter counts; checks every file
+
+Several hosts (launch/tpu_pod.sh, launch/slurm_gpu.sh): the same command on every host
+with --multihost (or CCT_MULTIHOST=1); jax finds the other processes on Cloud TPU and
+Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
+
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from cct_jax import data, predict, summary, train, writers
+from cct_jax import data, parallel, predict, summary, train, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
@@ -19,6 +25,12 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and result
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
 flags.DEFINE_string('input', None, 'predict: folder of images.')
 flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
+flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
+                  'Start jax.distributed first (default: $CCT_MULTIHOST == 1); without the '
+                  'three flags below jax detects Cloud TPU pods and Slurm itself.')
+flags.DEFINE_string('coordinator_address', None, 'multihost: HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', None, 'multihost: the number of processes.')
+flags.DEFINE_integer('process_id', None, 'multihost: this process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -26,6 +38,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
+  if FLAGS.multihost or FLAGS.coordinator_address:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
   config, workdir = FLAGS.config, FLAGS.workdir
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, workdir)

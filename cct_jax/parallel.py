@@ -2,11 +2,40 @@
 
 `jax.jit` with the batch sharded along 'data' and the train state replicated does what
 `pmap` used to do, and BatchNorm then sees the global batch (synchronised BN for free).
+
+Several processes (hosts): `initialize_distributed` first, then every process runs the
+same program on its own slice of the data; `global_batch` joins the host batches into one
+global array, and values that must agree across processes (scores, a stop request) are
+computed on global arrays or combined with `any_process`.
 """
 
 import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           cpu_collectives: str = 'gloo') -> None:
+  """Starts jax's multi-process runtime; call it before anything touches a device.
+
+  With no arguments jax detects the cluster itself (Cloud TPU pod slices, Slurm, Open MPI,
+  ...). Elsewhere pass all three: `coordinator_address` ('host:port' of process 0, which
+  listens there), `num_processes` and this process's `process_id`. On CPU the processes'
+  collectives go through `cpu_collectives` (gloo).
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    raise ValueError('pass coordinator_address, num_processes and process_id together, or '
+                     'none of them (auto-detection on Cloud TPU and Slurm); got '
+                     f'{coordinator_address=}, {num_processes=}, {process_id=}')
+  jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  logging.info('process %d of %d: %d local devices, %d in all', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -35,3 +64,31 @@ def global_batch(mesh, host_batch):
   sharding = batch_sharded(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
+
+
+def pad_host_batch(host_batch: dict, multiple: int) -> dict:
+  """Zero rows appended to every array of `host_batch` up to a multiple of `multiple`
+  rows; an evaluation batch's padded rows then have valid=False and are not counted."""
+  rows = len(next(iter(host_batch.values())))
+  pad = -rows % multiple
+  if not pad:
+    return host_batch
+  return {k: np.concatenate([np.asarray(v), np.zeros((pad, *np.shape(v)[1:]),
+                                                     np.asarray(v).dtype)])
+          for k, v in host_batch.items()}
+
+
+def process_local(x: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded along 'data' (the inverse of `global_batch`);
+  the whole array when one process holds all of it."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(jax.device_get(x))
+  shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+  return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any one (every process must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))

@@ -9,7 +9,6 @@ separate pass (its own BN statistics, as the authors' code) and trains the encod
 auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3).
 """
 
-import functools
 import os
 import signal
 from typing import Any
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from flax.training import train_state
 
 from cct_jax import (checkpointing, evaluate, losses, models, parallel, perturbations, schedules,
@@ -166,25 +166,32 @@ def make_predict_fn(config, model):
 
 
 def evaluate_split(config, state, predict_fn, dataset, mesh, num_samples: int = 0):
-  """Scores over one whole split: a confusion matrix summed on the device, divided once.
+  """Scores over one whole split: a confusion matrix summed on the devices (over every
+  process's share of the split), divided once.
 
   Returns (scores, samples): samples holds the normalised image, mask and prediction of
-  the first `num_samples` examples, for pictures.
+  this process's first `num_samples` examples, for pictures.
   """
   num_classes = config.model.num_classes
-  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-  count = jax.jit(functools.partial(evaluate.confusion_matrix, num_classes=num_classes))
+  rep = parallel.replicated(mesh)
+  # The global confusion matrix, summed over every process's batches on the devices.
+  confusion = jax.jit(lambda: jnp.zeros((num_classes, num_classes), jnp.int32),
+                      out_shardings=rep)()
+  count = jax.jit(lambda total, predictions, mask, valid: total + evaluate.confusion_matrix(
+      predictions, mask, num_classes, valid=valid), out_shardings=rep)
   samples = {'image': [], 'mask': [], 'prediction': []}
   for batch in dataset:
-    images = batch['image']
-    if images.shape[0] % jax.device_count() == 0:
-      images = parallel.global_batch(mesh, images)
-    predictions = jnp.argmax(predict_fn(state, images), axis=-1)
-    confusion += count(predictions, jnp.asarray(batch['mask']), valid=jnp.asarray(batch['valid']))
-    if len(samples['image']) < num_samples:
-      valid = np.asarray(batch['valid'], bool)
-      for name, value in (('image', batch['image']), ('mask', batch['mask']),
-                          ('prediction', jax.device_get(predictions))):
+    # Blank rows (valid=False) fill the host batch up to a multiple of the local devices;
+    # image, mask and valid then become global arrays split over every process's devices.
+    host = parallel.pad_host_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
+                                   jax.local_device_count())
+    inputs = parallel.global_batch(mesh, host)
+    predictions = jnp.argmax(predict_fn(state, inputs['image']), axis=-1)
+    confusion = count(confusion, predictions, inputs['mask'], inputs['valid'])
+    if len(samples['image']) < num_samples:  # this process's examples
+      valid = np.asarray(host['valid'], bool)
+      for name, value in (('image', host['image']), ('mask', host['mask']),
+                          ('prediction', parallel.process_local(predictions))):
         samples[name].extend(np.asarray(value)[valid])
   scores = evaluate.scores(jax.device_get(confusion), data_factory.class_names(config.data))
   return scores, {k: np.stack(v[:num_samples]) for k, v in samples.items() if v}
@@ -216,6 +223,14 @@ class _StopRequest:
     del frame
     self.requested = signal.Signals(signum).name
 
+  def agreed(self, sync: bool) -> bool:
+    """Whether to stop after this step. A single process stops at once; several stop at
+    the same step, agreeing on `sync` steps (the same on every process) by a collective,
+    as a signal may reach only some of them."""
+    if jax.process_count() == 1:
+      return self.requested is not None
+    return sync and parallel.any_process(self.requested is not None)
+
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
@@ -239,7 +254,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results (or {'stopped_at': step} after SIGTERM / SIGINT)."""
   check_config(config)
   # Logging.
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a folder or gs://bucket/...
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   writer.write_config(config)
 
@@ -302,6 +317,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, metrics = train_step(state, labelled, unlabelled)
       history.append((step + 1, metrics))
       done, last = step + 1, step + 1 == num_steps
+      stopping = stop.agreed(sync=done % config.train.log_every == 0)
 
       if done % config.train.log_every == 0 or last:
         flush_metrics()
@@ -314,13 +330,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if results['miou'] > best_miou:
           best_miou = results['miou']
           checkpointing.save(best, done, state, metrics={'miou': best_miou})
-      if done % config.train.checkpoint_every == 0 or last or stop.requested:
+      if done % config.train.checkpoint_every == 0 or last or stopping:
         flush_metrics()
         checkpointing.save(latest, done, state)
         last_good = done
-      if stop.requested:
+      if stopping:
         logging.warning('%s received: saved step %d in %s; run again to resume.',
-                        stop.requested, done, latest.directory)
+                        stop.requested or 'a stop request (by another process)', done,
+                        latest.directory)
         streams.close()
         writer.close()
         return {'stopped_at': done}
@@ -350,7 +367,7 @@ def restore_for_inference(config, workdir: str):
   abstract_state = checkpointing.abstract_with_sharding(state, parallel.replicated(mesh))
   for name in ('best', 'checkpoints'):
     directory = os.path.join(workdir, name)
-    if os.path.isdir(directory):
+    if epath.Path(directory).is_dir():
       mngr = checkpointing.manager(directory)
       if mngr.latest_step() is not None:
         state = checkpointing.restore(mngr, abstract_state)
@@ -375,8 +392,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     results.update(split=split, step=int(state.step), scales=list(config.eval.scales),
                    flip=config.eval.flip)
     path = writer.write_json(f'eval_{split}.json', results)
-    print(f'{split} (step {int(state.step)}), written to {path}:\n'
-          f'{evaluate.format_table(results)}')
+    if writer.enabled:  # process 0
+      print(f'{split} (step {int(state.step)}), written to {path}:\n'
+            f'{evaluate.format_table(results)}')
     all_results[split] = results
   writer.close()
   return all_results

@@ -1,15 +1,17 @@
 """What a user sees of a run: console progress, `metrics.jsonl`, TensorBoard, the config.
 
 Everything is written by process 0 only; other processes get a writer that does nothing.
+The workdir may be a local folder or a bucket (`gs://...`, through etils.epath; TensorBoard
+there needs google-cloud-storage, `pip install cct-jax[gcs]`).
 """
 
 import json
 import logging as std_logging
-import os
 import time
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
 
@@ -18,22 +20,32 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
+    self._dir = epath.Path(workdir)
     self._tensorboard = None
     self._jsonl = None
+    self._lines = None  # metrics.jsonl of a bucket, rewritten whole (no appending there)
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._tensorboard = SummaryWriter(str(self._dir / 'tensorboard'))
+      jsonl = self._dir / 'metrics.jsonl'
+      if '://' in str(jsonl):
+        self._lines = jsonl.read_text().splitlines(keepends=True) if jsonl.exists() else []
+      else:
+        self._jsonl = open(jsonl, 'a')
     self._clock = None
 
   def write_config(self, config) -> None:
     if self.enabled:
-      with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
+      (self._dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
-  def _record(self, record: dict) -> None:
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+  def _record(self, *records: dict) -> None:
+    lines = [json.dumps(record) + '\n' for record in records]
+    if self._jsonl is None:
+      self._lines.extend(lines)
+      (self._dir / 'metrics.jsonl').write_text(''.join(self._lines))
+    else:
+      self._jsonl.writelines(lines)
+      self._jsonl.flush()
 
   def start(self, step: int, num_steps: int, images_per_step: int) -> None:
     self._clock = (time.perf_counter(), step)
@@ -44,11 +56,13 @@ class MetricWriter:
     """Per-step metrics to metrics.jsonl and TensorBoard, and one progress line."""
     if not (self.enabled and history):
       return
+    records = []
     for step, metrics in history:
       scalars = {k: float(v) for k, v in metrics.items()}
-      self._record({'step': step, **scalars})
+      records.append({'step': step, **scalars})
       for name, value in scalars.items():
         self._tensorboard.add_scalar(f'train/{name}', value, step)
+    self._record(*records)
     step, metrics = history[-1]
     start_time, start_step = self._clock
     elapsed = time.perf_counter() - start_time
@@ -75,22 +89,23 @@ class MetricWriter:
       self._tensorboard.add_images(tag, images, step, dataformats='NHWC')
 
   def write_json(self, name: str, results: dict) -> str:
-    path = os.path.join(self.workdir, name)
+    path = self._dir / name
     if self.enabled:
-      with open(path, 'w') as f:
-        json.dump(results, f, indent=2)
-    return path
+      path.write_text(json.dumps(results, indent=2))
+    return str(path)
 
   def write_png(self, name: str, picture: np.ndarray) -> str:
-    path = os.path.join(self.workdir, name)
+    path = self._dir / name
     if self.enabled:
-      Image.fromarray(picture).save(path)
-    return path
+      with path.open('wb') as f:
+        Image.fromarray(picture).save(f, format='PNG')
+    return str(path)
 
   def close(self) -> None:
     if self.enabled:
       self._tensorboard.close()
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
 
 
 def _duration(seconds: float) -> str:

@@ -4,8 +4,10 @@ Training (SPEC 4): a labelled and an unlabelled stream, each shuffled and repeat
 its own seed (the labelled set is reshuffled and re-augmented every time it is
 exhausted), augmented, sliced per process and batched. Augmentation happens before the
 per-process slice, so element k of the global stream, and its random crop, do not depend
-on the number of processes; process p takes elements p, p + P, ..., and the P local
-batches of step t together hold exactly global elements [t * B, (t + 1) * B). Batching is
+on the number of processes; at step t process p takes the global elements
+[t * B + p * B / P, t * B + (p + 1) * B / P), so the P local batches, joined in process
+order, are exactly global elements [t * B, (t + 1) * B) in order (the global array of P
+processes is the one a single process makes: identical steps). Batching is
 one-to-one in the random-access stage, so worker processes only decide who computes
 which batch: the output is the same for 0 and N workers.
 
@@ -54,7 +56,7 @@ def train_dataset(source, transform: Callable, *, batch_size: int, seed: int,
   `start_step`.
   """
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
-  ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
+  ds = ds.batch(batch_size, drop_remainder=True)[process_index::process_count]
   return ds[start_step:]
 
 

@@ -99,26 +99,8 @@ else
   TASKS=$GPUS
 fi
 
-# One word as the shell reads it back: bare when safe, else in single quotes.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-# Prints a command, then runs it unless --dry-run.
-run() {
-  local word line="+"
-  for word in "$@"; do
-    line+=" $(quote "$word")"
-  done
-  echo "$line"
-  if ((!DRY_RUN)); then
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$REPO/launch/lib.sh"  # quote, run
 
 # Inside the allocation: NODES x TASKS processes. jax takes the coordinator (the first
 # node), the process count and each process's id from Slurm; with one process per GPU it

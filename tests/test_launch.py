@@ -59,8 +59,9 @@ def _calls(log) -> list[list[str]]:
 
 
 def test_launch_scripts_pass_shellcheck():
-  result = subprocess.run([_shellcheck(), '--severity=style', TPU, SLURM], capture_output=True,
-                          text=True)
+  library = os.path.join(REPO, 'launch', 'lib.sh')
+  result = subprocess.run([_shellcheck(), '--severity=style', TPU, SLURM, library],
+                          capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -1,0 +1,246 @@
+"""Accuracy benchmark: does CCT beat training on the labels alone, on real images?
+
+  .venv/bin/python benchmarks/accuracy.py            # the default set (about 2 h on 2 cores)
+  .venv/bin/python benchmarks/accuracy.py --quick    # one seed, smallest budget (< 10 min)
+
+The paper's central claim (Table 4, Fig. 5) on the two bundled datasets of SPEC 6: texture
+mosaics (tex5) and Fashion-MNIST scenes (fashion5; needs Debian's `dataset-fashion-mnist`).
+Every run is `python -m cct_jax.main --config=configs/demo.py:<dataset>` with the overrides
+of its arm, budget and seed, so each number can be reproduced by one command (the JSON
+keeps them). Both arms share the network (the tiny ResNet + PSP of configs/demo.py), the
+steps, batches and learning rate; only `train.mode` differs. The seed sets the labelled
+draw, the initialisation and the data order; the model is selected on val and scored on
+test, mIoU from one confusion matrix over the whole split.
+
+Sets:
+  main       supervised vs CCT, each dataset x each labelled budget x each seed
+  ablation   at the smallest budget of `ABLATION_DATASET`: each perturbation type alone
+             (Fig. 5) and CCT with ab-CE (Eq. 4)
+
+Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
+back, an interrupted one resumes from its checkpoint: stop and restart at will. Writes
+benchmarks/results/accuracy[_quick].json and .md and docs/accuracy[_quick].png.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from cct_jax import perturbations
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = 'configs/demo.py'
+RESULTS_DIR = os.path.join(REPO, 'benchmarks', 'results')
+DOCS_DIR = os.path.join(REPO, 'docs')
+DATASETS = ('tex5', 'fashion5')
+BUDGETS = (25, 50, 100)
+SEEDS = (0, 1, 2)
+ABLATION_DATASET = 'fashion5'  # it has a background, so all seven perturbation types apply
+
+
+def perturbation_types(dataset: str) -> list[str]:
+  """The perturbation types the dataset's config trains (no masks for tex5)."""
+  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(REPO, CONFIG))
+  config_file = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config_file)
+  counts = config_file.get_config(dataset).perturbations.counts
+  return [t for t in perturbations.ROSTER_ORDER if counts[t] > 0]
+
+
+def arm_overrides(arm: str) -> list[str]:
+  """The config overrides that make an arm out of configs/demo.py (which is CCT)."""
+  if arm == 'supervised':
+    return ['--config.train.mode=supervised']
+  if arm == 'cct':
+    return []
+  if arm == 'cct_ab_ce':
+    return ['--config.loss.supervised=ab_ce']
+  kept = arm.removeprefix('only_')
+  if arm.startswith('only_') and kept in perturbations.ROSTER_ORDER:
+    return [f'--config.perturbations.counts.{t}=0' for t in perturbations.ROSTER_ORDER
+            if t != kept]
+  raise ValueError(f'unknown arm {arm!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  dataset: str
+  arm: str
+  labelled: int
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f'{self.dataset}/{self.arm}/n{self.labelled}/seed{self.seed}'
+
+  def command(self, workdir: str) -> list[str]:
+    return [sys.executable, '-m', 'cct_jax.main', f'--config={CONFIG}:{self.dataset}',
+            f'--workdir={os.path.join(workdir, self.name)}',
+            f'--config.data.num_labelled={self.labelled}', f'--config.seed={self.seed}',
+            f'--config.data.split_seed={self.seed}', f'--config.data.shuffle_seed={self.seed}',
+            *arm_overrides(self.arm)]
+
+
+def plan(datasets, budgets, seeds, ablation_seeds) -> list[Run]:
+  """The runs of the benchmark, cheapest first so that partial results come early."""
+  runs = [Run(d, arm, n, s) for n in budgets for s in seeds for d in datasets
+          for arm in ('supervised', 'cct')]
+  if ABLATION_DATASET in datasets and ablation_seeds:
+    arms = [f'only_{t}' for t in perturbation_types(ABLATION_DATASET)] + ['cct_ab_ce']
+    runs += [Run(ABLATION_DATASET, arm, min(budgets), s) for s in ablation_seeds
+             for arm in arms]
+  return runs
+
+
+def execute(run: Run, workdir: str) -> dict:
+  """The run's test scores: read back when finished, else trained (resuming if begun)."""
+  folder = os.path.join(workdir, run.name)
+  results_file = os.path.join(folder, 'results_test.json')
+  if not os.path.isfile(results_file):
+    os.makedirs(folder, exist_ok=True)
+    log_file = os.path.join(folder, 'log.txt')
+    with open(log_file, 'a') as log:
+      status = subprocess.run(run.command(workdir), cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, check=False)
+    if status.returncode != 0 or not os.path.isfile(results_file):
+      with open(log_file) as log:
+        tail = ''.join(log.readlines()[-25:])
+      raise RuntimeError(f'{run.name} failed (exit {status.returncode}); the end of '
+                         f'{log_file}:\n{tail}')
+  with open(results_file) as f:
+    return json.load(f)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(records: list[dict]) -> list[dict]:
+  """One row per (dataset, arm, budget): test mIoU mean and sample std over seeds (in
+  points); CCT rows also carry the paired gain over supervised (same labels, same seed)."""
+  groups: dict[tuple, dict[int, float]] = {}
+  for r in records:
+    groups.setdefault((r['dataset'], r['arm'], r['labelled']), {})[r['seed']] = 100 * r['miou']
+  rows = []
+  for (dataset, arm, labelled), by_seed in sorted(groups.items()):
+    mean, std = _mean_std(list(by_seed.values()))
+    row = dict(dataset=dataset, arm=arm, labelled=labelled, seeds=sorted(by_seed),
+               miou=mean, std=std, per_seed=[by_seed[s] for s in sorted(by_seed)])
+    baseline = groups.get((dataset, 'supervised', labelled), {})
+    paired = [by_seed[s] - baseline[s] for s in sorted(by_seed) if s in baseline]
+    if arm != 'supervised' and paired:
+      row['gain'], row['gain_std'] = _mean_std(paired)
+    rows.append(row)
+  return rows
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ['| dataset | labelled | method | test mIoU (mean +- std) | gain over supervised '
+           '(paired) | per seed |', '|---|---|---|---|---|---|']
+  for r in rows:
+    gain = f"{r['gain']:+.1f} +- {r['gain_std']:.1f}" if 'gain' in r else ''
+    seeds = ' / '.join(f'{v:.1f}' for v in r['per_seed'])
+    lines.append(f"| {r['dataset']} | {r['labelled']} | {r['arm']} | "
+                 f"{r['miou']:.1f} +- {r['std']:.1f} | {gain} | {seeds} |")
+  return '\n'.join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+  """mIoU against the labelled count, one panel per dataset, one line per method that
+  was run at more than one budget (error bars: the seed std)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  datasets = sorted({r['dataset'] for r in rows})
+  fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.5), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    arms = sorted({r['arm'] for r in rows if r['dataset'] == dataset})
+    for arm in arms:
+      points = sorted((r['labelled'], r['miou'], r['std']) for r in rows
+                      if r['dataset'] == dataset and r['arm'] == arm)
+      if len(points) > 1 or len(arms) <= 2:
+        x, y, err = zip(*points)
+        ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=arm)
+    ax.set(title=dataset, xlabel='labelled images', ylabel='test mIoU (%)')
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_outputs(records: list[dict], rows: list[dict], suffix: str, meta: dict) -> None:
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  stem = os.path.join(RESULTS_DIR, f'accuracy{suffix}')
+  table = markdown(rows)
+  with open(stem + '.json', 'w') as f:
+    json.dump(dict(meta, rows=rows, runs=records), f, indent=1)
+  with open(stem + '.md', 'w') as f:
+    f.write(table + '\n')
+  plot(rows, os.path.join(DOCS_DIR, f'accuracy{suffix}.png'))
+  print(table)
+
+
+def check_datasets(datasets) -> None:
+  if 'fashion5' in datasets:
+    from cct_jax.data import fashion5  # pylint: disable=import-outside-toplevel
+    if not os.path.isdir(fashion5.DEFAULT_IDX_DIR):
+      sys.exit(f'fashion5 needs Fashion-MNIST in {fashion5.DEFAULT_IDX_DIR}: install it with '
+               '`sudo apt-get install dataset-fashion-mnist`, or run with --datasets=tex5.')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='one seed, the smallest budget, no ablation')
+  parser.add_argument('--datasets', default=','.join(DATASETS))
+  parser.add_argument('--budgets', default=','.join(map(str, BUDGETS)))
+  parser.add_argument('--seeds', default=','.join(map(str, SEEDS)))
+  parser.add_argument('--ablation_seeds', default='0',
+                      help="seeds of the ablation set ('' for none)")
+  parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
+  args = parser.parse_args()
+  datasets = [d for d in args.datasets.split(',') if d]
+  budgets = [int(b) for b in args.budgets.split(',')]
+  seeds = [int(s) for s in args.seeds.split(',')]
+  ablation_seeds = [int(s) for s in args.ablation_seeds.split(',') if s]
+  if args.quick:
+    budgets, seeds, ablation_seeds = [min(budgets)], seeds[:1], []
+  check_datasets(datasets)
+
+  runs = plan(datasets, budgets, seeds, ablation_seeds)
+  records, started, trained = [], time.time(), 0
+  for index, run in enumerate(runs, 1):
+    began = time.time()
+    was_done = os.path.isfile(os.path.join(args.workdir, run.name, 'results_test.json'))
+    scores = execute(run, args.workdir)
+    command = run.command(os.path.relpath(args.workdir, REPO))
+    records.append(dict(dataclasses.asdict(run), miou=scores['miou'],
+                        per_class_iou=scores['per_class_iou'],
+                        command=' '.join(['python'] + command[1:])))
+    trained += not was_done
+    eta = ''
+    if trained:
+      remaining = len(runs) - index
+      eta = f', about {remaining * (time.time() - started) / trained / 60:.0f} min left'
+    print(f'[{index}/{len(runs)}] {run.name}: test mIoU {100 * scores["miou"]:.1f} '
+          f'({"done before" if was_done else f"{time.time() - began:.0f} s"}{eta})',
+          flush=True)
+
+  meta = dict(
+      command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
+      config=CONFIG, setting='configs/demo.py: tiny ResNet (width 8, one block per stage, '
+      'output stride 4) + PSP 32, 1200 steps of 8 labelled + 8 unlabelled 64x64 images, SGD '
+      'lr 0.1 poly, w_u 10; 4000 unlabelled images; model selected on val (200), test 500',
+      minutes_this_invocation=(time.time() - started) / 60)
+  write_outputs(records, summarise(records), '_quick' if args.quick else '', meta)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,76 @@
+"""benchmarks/accuracy.py: its plan, arms and summary (the runs themselves are the benchmark)."""
+
+import importlib.util
+import os
+
+import pytest
+
+from cct_jax import perturbations
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name, path):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+accuracy = _load('accuracy_benchmark', 'benchmarks/accuracy.py')
+demo = _load('demo_config', 'configs/demo.py')
+
+
+def _record(arm, seed, miou, dataset='tex5', labelled=25):
+  return dict(dataset=dataset, arm=arm, labelled=labelled, seed=seed, miou=miou)
+
+
+def test_summary_means_stds_and_paired_gains():
+  records = [_record('supervised', 0, 0.50), _record('supervised', 1, 0.60),
+             _record('cct', 0, 0.58), _record('cct', 1, 0.64)]
+  rows = {r['arm']: r for r in accuracy.summarise(records)}
+  assert rows['supervised']['miou'] == pytest.approx(55.0)
+  assert rows['supervised']['std'] == pytest.approx(7.0711, abs=1e-3)  # sample std
+  assert rows['cct']['per_seed'] == pytest.approx([58.0, 64.0])
+  # Paired per seed: +8 and +4.
+  assert rows['cct']['gain'] == pytest.approx(6.0)
+  assert rows['cct']['gain_std'] == pytest.approx(2.8284, abs=1e-3)
+  assert 'gain' not in rows['supervised']
+  table = accuracy.markdown(accuracy.summarise(records))
+  assert '| tex5 | 25 | cct | 61.0 +- 4.2 | +6.0 +- 2.8 | 58.0 / 64.0 |' in table
+
+
+def test_plan_covers_every_budget_seed_and_ablation_arm():
+  runs = accuracy.plan(['tex5', 'fashion5'], [25, 50, 100], [0, 1, 2], [0])
+  main = [r for r in runs if r.arm in ('supervised', 'cct')]
+  assert len(main) == 2 * 3 * 3 * 2
+  ablation = {r.arm for r in runs if r.arm not in ('supervised', 'cct')}
+  assert ablation == {f'only_{t}' for t in perturbations.ROSTER_ORDER} | {'cct_ab_ce'}
+  assert {r.labelled for r in runs if r.arm in ablation} == {25}
+  assert len({r.name for r in runs}) == len(runs)  # one folder per run
+
+
+def test_arm_overrides_name_existing_config_fields():
+  config = demo.get_config('fashion5')
+  arms = ['supervised', 'cct', 'cct_ab_ce'] + [f'only_{t}' for t in perturbations.ROSTER_ORDER]
+  for arm in arms:
+    for override in accuracy.arm_overrides(arm):
+      path, value = override.removeprefix('--config.').split('=')
+      *parents, leaf = path.split('.')
+      node = config
+      for part in parents:
+        node = node[part]
+      assert leaf in node, override
+  only_vat = accuracy.arm_overrides('only_vat')
+  assert '--config.perturbations.counts.vat=0' not in only_vat
+  assert len(only_vat) == len(perturbations.ROSTER_ORDER) - 1
+  with pytest.raises(ValueError, match='unknown arm'):
+    accuracy.arm_overrides('only_colour')
+
+
+def test_plot_writes_a_png(tmp_path):
+  records = [_record(arm, seed, 0.5 + 0.01 * n / 25 + 0.05 * (arm == 'cct'), labelled=n)
+             for arm in ('supervised', 'cct') for seed in (0, 1) for n in (25, 50)]
+  path = tmp_path / 'plot.png'
+  accuracy.plot(accuracy.summarise(records), str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

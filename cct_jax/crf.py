@@ -5,11 +5,11 @@ Gaussian kernel over positions plus a bilateral kernel over positions and colour
 mean-field step filters the current marginals Q with both kernels, which the
 permutohedral lattice (Adams et al. 2010) makes linear in the number of pixels:
 
-- Lattice (host, NumPy, once per image): every pixel's feature vector f (positions / sxy,
-  and colours / srgb for the bilateral kernel) is lifted onto the plane sum = 0 of
-  R^(d+1), which the lattice tiles with simplices. A pixel splats to the d+1 vertices of
-  its simplex with barycentric weights; each vertex has two neighbours along each of the
-  d+1 lattice directions.
+- Lattice (host, NumPy, once per image; the positions-only one once per image size):
+  every pixel's feature vector f (positions / sxy, and colours / srgb for the bilateral
+  kernel) is lifted onto the plane sum = 0 of R^(d+1), which the lattice tiles with
+  simplices. A pixel splats to the d+1 vertices of its simplex with barycentric weights;
+  each vertex has two neighbours along each of the d+1 lattice directions.
 - Filtering (device, JAX): splat (scatter-add of weight x value onto the vertices), blur
   (a [1/2, 1, 1/2] pass along each direction in turn: gathers), slice (gather and
   weighted sum back at the pixels). Together they approximate exp(-|f_i - f_j|^2 / 2).
@@ -19,6 +19,7 @@ symmetric kernel normalisation, Potts compatibility as a positive weight on the 
 Q = softmax(-unary + sum_k w_k K_k Q) from Q = softmax(-unary), kernels including i = j.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -30,7 +31,7 @@ from cct_jax.losses import IGNORE_INDEX
 
 
 def default_crf_config() -> ml_collections.ConfigDict:
-  """The paper's CRF (sec. 3.3, SPEC 5): the settings of the weak-label papers it follows."""
+  """The CRF of the paper's weak-label path (sec. 3.3; settings of issue 11)."""
   return ml_collections.ConfigDict(dict(
       iterations=10,
       gt_prob=0.7,  # unary_from_labels: the probability given to the pseudo-label's class
@@ -93,7 +94,8 @@ def _enclosing_simplex(elevated: np.ndarray):
   greater &= index[None, :] != index[:, None]
   rank = (greater.sum(axis=2, dtype=np.int32)
           + rounded.sum(axis=1, keepdims=True).astype(np.int32))
-  # A point off the plane (coordinates of rem0 not summing to 0) wraps back onto it.
+  # rem0's coordinates may sum to k (d + 1) != 0: shifting every rank by k and wrapping
+  # the ones that leave 0..d moves rem0 back onto the plane.
   wrap = np.where(rank < 0, d1, 0) - np.where(rank >= d1, d1, 0)
   rank += wrap
   rem0 += wrap
@@ -108,14 +110,22 @@ def _enclosing_simplex(elevated: np.ndarray):
   return rem0.astype(np.int32), rank.astype(np.int32), barycentric[:, :d1]
 
 
-def _simplex_vertices(rem0: np.ndarray, rank: np.ndarray) -> np.ndarray:
-  """Keys (N, d + 1, d) of the d + 1 vertices of each pixel's simplex: the first d
-  coordinates (the last follows from sum = 0)."""
-  d1 = rem0.shape[1]
-  remainder = np.arange(d1, dtype=np.int32)[None, :, None]
-  # Vertex r of the canonical simplex: r where rank <= d - r, else r - (d + 1).
-  canonical = remainder - d1 * (rank[:, None, :-1] > d1 - 1 - remainder)
-  return rem0[:, None, :-1] + canonical
+def _vertex_codes(offsets: np.ndarray, rank: np.ndarray, strides: np.ndarray) -> np.ndarray:
+  """Packed keys (N, d + 1) of the vertices of each pixel's simplex, from the packing's
+  offsets (N, d) of rem0 and its strides (d,); a key is a point's first d coordinates
+  (the last follows from sum = 0).
+
+  Vertex 0 is rem0; vertex r + 1 is vertex r plus 1 in every coordinate and minus d + 1
+  in the coordinate of rank d - r (Adams et al.'s canonical simplex, shifted).
+  """
+  num_pixels, d1 = rank.shape
+  coordinate_of_rank = np.empty_like(rank)
+  np.put_along_axis(coordinate_of_rank, rank, np.arange(d1, dtype=rank.dtype)[None], axis=1)
+  strides = np.append(strides, 0)  # the implied last coordinate is not packed
+  steps = strides.sum() - d1 * strides[coordinate_of_rank[:, :0:-1]]  # ranks d .. 1
+  first = offsets @ strides[:-1]
+  return first[:, None] + np.concatenate(
+      [np.zeros((num_pixels, 1), np.int64), np.cumsum(steps, axis=1)], axis=1)
 
 
 def build_lattice(features: np.ndarray) -> Lattice:
@@ -123,29 +133,24 @@ def build_lattice(features: np.ndarray) -> Lattice:
   features = np.asarray(features, np.float32)
   num_pixels, d = features.shape
   rem0, rank, weights = _enclosing_simplex(_elevate(features))
-  keys = _simplex_vertices(rem0, rank).reshape(-1, d).astype(np.int64)
-  # Pack each key into one int64 (mixed radix), with room for the neighbours' +-(d + 1).
-  low = keys.min(axis=0) - (d + 1)
-  radix = keys.max(axis=0) - low + (d + 2)
+  # Keys are packed into one int64 each (mixed radix). Vertices lie within d + 1 of rem0
+  # in every coordinate and their neighbours within 2 (d + 1): room for both.
+  low = rem0[:, :d].min(axis=0).astype(np.int64) - 2 * (d + 1)
+  radix = rem0[:, :d].max(axis=0) - low + 2 * (d + 1) + 1
   if np.sum(np.log2(radix.astype(np.float64))) >= 62:
     raise ValueError(f'CRF features span too large a lattice (per-axis extent {radix}); '
                      'use larger sxy / srgb or a smaller image')
   strides = np.cumprod(np.concatenate([[1], radix[:-1]]))
-
-  def pack(k):
-    return (k - low) @ strides
-
-  points, first, vertices = np.unique(pack(keys), return_index=True, return_inverse=True)
+  points, vertices = np.unique(_vertex_codes(rem0[:, :d] - low, rank, strides),
+                               return_inverse=True)
   num_points = len(points)
   padded = _padded_size(num_points + 1)
   # Along direction j a neighbour differs by -1 in every coordinate and +d in coordinate j
   # (the other one by the opposite); direction d touches only the implicit last coordinate.
-  steps = np.where(np.eye(d + 1, d, dtype=bool), d, -1)
-  point_keys = keys[first]
+  steps = np.where(np.eye(d + 1, d, dtype=bool), d, -1) @ strides
   neighbours = np.full((d + 1, 2, padded), num_points, np.int32)
   for j, step in enumerate(steps):
-    for side, key in enumerate((point_keys + step, point_keys - step)):
-      code = pack(key)
+    for side, code in enumerate((points + step, points - step)):
       found = np.minimum(np.searchsorted(points, code), num_points - 1)
       neighbours[j, side, :num_points] = np.where(points[found] == code, found, num_points)
   return Lattice(vertices=jnp.asarray(vertices.reshape(num_pixels, d + 1), jnp.int32),
@@ -162,9 +167,9 @@ def lattice_filter(lattice: Lattice, values: jax.Array) -> jax.Array:
       lattice.weights[..., None] * values[:, None, :])
   for before, after in lattice.neighbours:
     # The barrier keeps each pass a stored array: fused into the next gather (as XLA
-    # does), a pass is recomputed once per reader, which costs 10x on a CPU.
+    # does), a pass is recomputed for every reader, several times slower on a CPU.
     splat = jax.lax.optimization_barrier(splat + 0.5 * (splat[before] + splat[after]))
-  # Adams et al.'s correction for the blur's over-weighting of the centre.
+  # The scale pydensecrf (after Adams et al.'s code) gives the result.
   alpha = 1.0 / (1.0 + 2.0 ** -(d1 - 1))
   return alpha * jnp.einsum('nk,nkc->nc', lattice.weights, splat[lattice.vertices])
 
@@ -189,14 +194,24 @@ def _mean_field(unary: jax.Array, lattices: tuple[Lattice, ...], compats: jax.Ar
   return jax.lax.fori_loop(0, iterations, update, jax.nn.softmax(-unary, axis=-1))
 
 
-def _pixel_features(image: np.ndarray, sxy: float, srgb: float | None = None) -> np.ndarray:
-  """(H * W, 2) positions x / sxy, y / sxy, then colours / srgb when given."""
-  height, width = image.shape[:2]
+def _position_features(height: int, width: int, sxy: float) -> np.ndarray:
+  """(H * W, 2) float32: x / sxy, y / sxy, pixels in row-major order."""
   y, x = np.mgrid[:height, :width].astype(np.float32)
-  columns = [x / np.float32(sxy), y / np.float32(sxy)]
-  if srgb is not None:
-    columns += list(np.moveaxis(image.astype(np.float32) / np.float32(srgb), -1, 0))
-  return np.stack([c.reshape(-1) for c in columns], axis=1)
+  return np.stack([x.reshape(-1), y.reshape(-1)], axis=1) / np.float32(sxy)
+
+
+@functools.lru_cache(maxsize=4)
+def _position_lattice(height: int, width: int, sxy: float) -> Lattice:
+  """The Gaussian kernel's lattice, shared by all images of one size (a dataset's
+  images mostly have a few sizes)."""
+  return build_lattice(_position_features(height, width, sxy))
+
+
+def _bilateral_lattice(image: np.ndarray, sxy: float, srgb: float) -> Lattice:
+  height, width, channels = image.shape
+  colours = image.reshape(-1, channels).astype(np.float32) / np.float32(srgb)
+  return build_lattice(np.concatenate([_position_features(height, width, sxy), colours],
+                                      axis=1))
 
 
 def _check_config(config: ml_collections.ConfigDict):
@@ -220,9 +235,8 @@ def dense_crf(image, unary, config: ml_collections.ConfigDict) -> jax.Array:
     raise ValueError(f'unary of shape {unary.shape} does not match the image '
                      f'{image.shape}: expected ({height}, {width}, C)')
   _check_config(config)
-  lattices = (build_lattice(_pixel_features(image, config.gaussian.sxy)),
-              build_lattice(_pixel_features(image, config.bilateral.sxy,
-                                            config.bilateral.srgb)))
+  lattices = (_position_lattice(height, width, float(config.gaussian.sxy)),
+              _bilateral_lattice(image, config.bilateral.sxy, config.bilateral.srgb))
   compats = jnp.asarray([config.gaussian.compat, config.bilateral.compat], jnp.float32)
   marginals = _mean_field(jnp.asarray(unary, jnp.float32).reshape(height * width, -1),
                           lattices, compats, iterations=config.iterations)

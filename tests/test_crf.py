@@ -58,22 +58,53 @@ def test_unary_from_labels_names_bad_labels():
     crf.unary_from_labels(np.array([[0, 4], [7, 255]]), NUM_CLASSES, 0.7)
 
 
+def _simplex_vertices(rem0, rank):
+  """(N, d + 1, d + 1): vertex r of each simplex is rem0 + r, minus d + 1 in the
+  coordinates of rank > d - r (Adams et al. 2010, sec. 3.1)."""
+  d1 = rank.shape[1]
+  r = np.arange(d1)[None, :, None]
+  return rem0[:, None, :] + r - d1 * (rank[:, None, :] > d1 - 1 - r)
+
+
 @pytest.mark.parametrize('d', [2, 5])
 def test_simplex_weights_are_barycentric(d):
   """Each pixel's weights are non-negative, sum to 1, and rebuild its elevated feature
-  from the d + 1 vertices it splats to."""
+  from the d + 1 lattice points it splats to."""
   features = np.random.default_rng(d).uniform(0, 20, (500, d)).astype(np.float32)
   elevated = crf._elevate(features)
   np.testing.assert_allclose(elevated.sum(axis=1), 0.0, atol=1e-3)
   rem0, rank, weights = crf._enclosing_simplex(elevated)
-  keys = crf._simplex_vertices(rem0, rank)  # (N, d + 1, d): the last coordinate implied
-  vertices = np.concatenate([keys, -keys.sum(axis=2, keepdims=True)], axis=2)
+  vertices = _simplex_vertices(rem0, rank)
+  assert (vertices.sum(axis=2) == 0).all()
+  assert (np.ptp(vertices % (d + 1), axis=2) == 0).all()  # lattice points
   assert weights.min() >= 0.0
   np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(np.einsum('nr,nrk->nk', weights, vertices), elevated,
                              atol=1e-3)
-  # Lattice points have coordinates all congruent modulo d + 1.
-  assert (np.ptp(vertices % (d + 1), axis=2) == 0).all()
+
+
+@pytest.mark.parametrize('d', [2, 5])
+def test_lattice_points_and_neighbours(d):
+  """build_lattice's vertex indices name the simplex vertices one to one, and the
+  neighbours along direction j are the points +-(1, .., 1, -d, 1, .., 1) away."""
+  features = np.random.default_rng(d).uniform(0, 6, (300, d)).astype(np.float32)
+  rem0, rank, _ = crf._enclosing_simplex(crf._elevate(features))
+  keys = _simplex_vertices(rem0, rank).reshape(-1, d + 1)
+  lattice = crf.build_lattice(features)
+  index = np.asarray(lattice.vertices).reshape(-1)
+  num_points = index.max() + 1
+  point_keys = np.zeros((num_points, d + 1), keys.dtype)
+  point_keys[index] = keys
+  np.testing.assert_array_equal(point_keys[index], keys)  # one key per index
+  assert len(np.unique(point_keys, axis=0)) == num_points  # one index per key
+  lookup = {tuple(key): i for i, key in enumerate(point_keys)}
+  neighbours = np.asarray(lattice.neighbours)
+  for j in range(d + 1):
+    step = np.where(np.arange(d + 1) == j, d, -1)
+    for side, sign in enumerate((1, -1)):
+      expected = [lookup.get(tuple(key + sign * step), num_points) for key in point_keys]
+      np.testing.assert_array_equal(neighbours[j, side, :num_points], expected)
+  assert (neighbours[:, :, num_points:] == num_points).all()  # padding stays zero
 
 
 def test_lattice_filter_approximates_the_gaussian():

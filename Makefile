@@ -10,6 +10,8 @@ $(VENV)/installed: pyproject.toml
 	@echo "Creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet setuptools 'cython>=3,<4'
+	$(PY) -m pip install --quiet --no-build-isolation pydensecrf2==1.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 

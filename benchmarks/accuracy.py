@@ -88,14 +88,24 @@ class Run:
 
 
 def plan(datasets, budgets, seeds, ablation_seeds) -> list[Run]:
-  """The runs of the benchmark, cheapest first so that partial results come early."""
+  """The runs of the benchmark, the most telling first so that an interrupted benchmark
+  has already answered something: the smallest budget (the paper's claim), one seed of
+  each larger budget (the curve), the ablation, then the other seeds."""
   runs = [Run(d, arm, n, s) for n in budgets for s in seeds for d in datasets
           for arm in ('supervised', 'cct')]
   if ABLATION_DATASET in datasets and ablation_seeds:
     arms = [f'only_{t}' for t in perturbation_types(ABLATION_DATASET)] + ['cct_ab_ce']
     runs += [Run(ABLATION_DATASET, arm, min(budgets), s) for s in ablation_seeds
              for arm in arms]
-  return runs
+
+  def priority(run: Run) -> int:
+    if run.arm not in ('supervised', 'cct'):
+      return 2
+    if run.labelled == min(budgets) or run.seed == seeds[0]:
+      return 0 if run.labelled == min(budgets) else 1
+    return 3
+
+  return sorted(runs, key=priority)  # stable: budget, seed, dataset order within a level
 
 
 def execute(run: Run, workdir: str) -> dict:

@@ -74,3 +74,10 @@ def test_plot_writes_a_png(tmp_path):
   path = tmp_path / 'plot.png'
   accuracy.plot(accuracy.summarise(records), str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_plan_puts_the_smallest_budget_first():
+  runs = accuracy.plan(['tex5', 'fashion5'], [25, 50, 100], [0, 1, 2], [0])
+  first = runs[:2 * 3 * 2]
+  assert {(r.labelled, r.seed) for r in first} == {(25, 0), (25, 1), (25, 2)}
+  assert {(r.labelled, r.seed) for r in runs[12:20]} == {(50, 0), (100, 0)}

@@ -11,7 +11,7 @@ The workflow, three commands on one workdir W (README "Weak labels"):
 
 import ml_collections
 
-from cct_jax import crf
+from cct_jax import crf, schedules
 
 
 def default_weak_config() -> ml_collections.ConfigDict:
@@ -23,7 +23,8 @@ def default_weak_config() -> ml_collections.ConfigDict:
       cam_flip=False,
       use_crf=True,  # pseudo-labels refined by the dense CRF (Krahenbuhl & Koltun)
       crf=crf.default_crf_config(),
-      # Pre-training of encoder + g_c (--mode=pretrain_cls), with config.optim.
+      # Pre-training of encoder + g_c (--mode=pretrain_cls).
+      classifier_optim=schedules.default_optim_config(),
       classifier_steps=2000,
       classifier_batch_size=16,
       classifier_log_every=50,

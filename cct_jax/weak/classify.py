@@ -1,8 +1,8 @@
 """`--mode=pretrain_cls`: the encoder and g_c trained on image-level labels (sec. 3.3).
 
 Multi-label binary CE over the foreground classes, on the labelled set (labels from its
-masks) and the weak set (`data.image_labels`, or its masks), with `config.optim` for
-`weak.classifier_steps` steps. Everything goes to `<workdir>/classifier`: checkpoints
+masks) and the weak set (`data.image_labels`, or its masks), `weak.classifier_steps`
+steps of `weak.classifier_optim`. Everything goes to `<workdir>/classifier`: checkpoints
 (resumed from automatically), metrics.jsonl, and results_val.json, the image-label
 accuracy on the val split. The segmentation run starts from this encoder with
 `model.encoder_from=<workdir>/classifier`; --mode=pseudo_labels reads its CAMs.
@@ -71,7 +71,8 @@ def create_classifier_state(config, model, mesh) -> train.TrainState:
     return train.TrainState.create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'],
-        tx=schedules.make_optimizer(config.optim, config.weak.classifier_steps))
+        tx=schedules.make_optimizer(config.weak.classifier_optim,
+                                    config.weak.classifier_steps))
 
   key = jax.random.fold_in(jax.random.key(config.seed), 2)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)

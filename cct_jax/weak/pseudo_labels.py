@@ -92,6 +92,8 @@ def _padded_batch(config, examples: list[dict]) -> dict:
 
 def write_pseudo_labels(config, workdir: str) -> dict:
   """Writes the PNGs of every weak image not done yet, then scores all of them."""
+  if jax.process_count() > 1:
+    raise ValueError('--mode=pseudo_labels runs in one process (it writes files as it goes)')
   source = data_factory.make_weak_source(config.data, keep_masks=True)
   ids = sources.example_ids(source)
   out = os.path.join(workdir, OUTPUT_DIR)

@@ -51,6 +51,17 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   return restored['state']
 
 
+def restore_arrays(directory: str) -> dict:
+  """The latest state in `directory` as a plain tree of host arrays, without a restore
+  target: for taking weights out of another kind of run (the encoder of a classifier)."""
+  mngr = manager(directory, max_to_keep=None)
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {mngr.directory}')
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.device_get(restored['state'])
+
+
 def saved_metrics(mngr: ocp.CheckpointManager, step: int) -> dict:
   """The metrics saved with `step` (e.g. the val mIoU of a best checkpoint)."""
   return mngr.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))['metrics']

@@ -6,7 +6,7 @@ them, so a config file states what differs from the paper and nothing else.
 
 import ml_collections
 
-from cct_jax import losses, perturbations, schedules
+from cct_jax import losses, perturbations, schedules, weak
 from cct_jax.data import factory as data_factory
 
 
@@ -22,6 +22,7 @@ def model_config() -> ml_collections.ConfigDict:
       psp_bins=(1, 2, 3, 6),
       decoder_final_relu=True,
       pretrained='',  # an .npz from tools/convert_torch_resnet.py; '' trains from scratch
+      encoder_from='',  # a --mode=pretrain_cls folder (<workdir>/classifier): its encoder
   ))
 
 
@@ -69,6 +70,7 @@ def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   config.optim = schedules.default_optim_config()
   config.train = train_config()
   config.eval = eval_config()
+  config.weak = weak.default_weak_config()
   return config
 
 

@@ -7,6 +7,10 @@
   python -m cct_jax.main --config=configs/voc.py --workdir=runs/voc --mode=summary \
       --config.data.root=VOCdevkit/VOC2012     # parameter counts; checks every file
 
+Weak image-level labels (sec. 3.3; README "Weak labels"): --mode=pretrain_cls, then
+--mode=pseudo_labels, then train with --config.model.encoder_from=W/classifier and
+--config.data.pseudo_labels=W/pseudo_labels/crf.
+
 Several hosts (launch/tpu_pod.sh, launch/slurm_gpu.sh): the same command on every host
 with --multihost (or CCT_MULTIHOST=1); jax finds the other processes on Cloud TPU and
 Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -18,11 +22,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cct_jax import data, parallel, predict, summary, train, writers
+from cct_jax.weak import classify, pseudo_labels
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'eval', 'predict', 'summary', 'pretrain_cls', 'pseudo_labels'],
+                  'What to do.')
 flags.DEFINE_string('input', None, 'predict: folder of images.')
 flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
 flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
@@ -50,6 +57,10 @@ def main(argv):
     if not (FLAGS.input and FLAGS.output):
       raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
     predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output)
+  elif FLAGS.mode == 'pretrain_cls':
+    classify.train_classifier(config, workdir)
+  elif FLAGS.mode == 'pseudo_labels':
+    pseudo_labels.write_pseudo_labels(config, workdir)
   else:
     summary.write_summary(config, workdir)
     if config.data.root:  # read every file once, listing every problem

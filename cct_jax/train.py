@@ -40,6 +40,10 @@ def check_config(config) -> None:
     raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
                      f'{config.data.num_classes} ({config.data.name})')
   perturbations.build_perturbations(config.perturbations)  # unknown types, VAT method
+  if config.model.encoder_from and config.model.pretrained:
+    raise ValueError('model.encoder_from and model.pretrained both set: start from one')
+  if config.data.pseudo_labels and config.train.mode != 'semi':
+    raise ValueError("data.pseudo_labels train the auxiliary decoders: train.mode='semi'")
 
 
 def aux_counts(config) -> dict[str, int]:
@@ -80,6 +84,23 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
   return state
 
 
+def with_encoder_from(state: TrainState, run_dir: str, mesh) -> TrainState:
+  """`state` with the encoder of a classification pre-training run (sec. 3.3)."""
+  saved = checkpointing.restore_arrays(os.path.join(run_dir, 'checkpoints'))
+  encoder = {'params': saved['params']['encoder'],
+             'batch_stats': saved['batch_stats']['encoder']}
+  expected = {'params': state.params['encoder'], 'batch_stats': state.batch_stats['encoder']}
+  shapes = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda path, x: (jax.tree_util.keystr(path), x.shape), tree)
+  if jax.tree.leaves(shapes(encoder)) != jax.tree.leaves(shapes(expected)):
+    raise ValueError(f'{run_dir}: its encoder does not match config.model (pre-trained with '
+                     'another model config?)')
+  params = dict(state.params, encoder=encoder['params'])
+  stats = dict(state.batch_stats, encoder=encoder['batch_stats'])
+  state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
+  return jax.device_put(state, parallel.replicated(mesh))
+
+
 def supervised_loss(config, logits, labels, step, num_steps):
   if config.loss.supervised == 'ab_ce':
     threshold = schedules.ab_ce_threshold(
@@ -107,6 +128,13 @@ def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
     stacked = jnp.concatenate(list(aux.values()), axis=0)
     pairwise = losses.pairwise_loss(stacked, key, config.loss.pairwise_decoders)
   return loss_u, pairwise
+
+
+def weak_loss(aux: dict[str, jax.Array], pseudo_labels: jax.Array) -> jax.Array:
+  """L_w over all K auxiliary decoders (Eq. 6), each type's mean weighted by its count."""
+  counts = {name: logits.shape[0] for name, logits in aux.items()}
+  return sum(counts[name] * losses.weak_loss(logits, pseudo_labels)
+             for name, logits in aux.items()) / sum(counts.values())
 
 
 def make_train_step(config, model, num_steps: int):
@@ -140,6 +168,13 @@ def make_train_step(config, model, num_steps: int):
             ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
         total = total + weight_u * loss_u + config.loss.pairwise_weight * pairwise
         metrics.update(loss_unsup=loss_u, unsup_weight=weight_u)
+        if 'mask' in unlabelled:  # pseudo-labels of a weak set (Eq. 5): aux decoders only
+          loss_w = weak_loss(aux, unlabelled['mask'])
+          weight_w = schedules.ramp_weight(
+              step, final_weight=config.loss.weak_weight, total_steps=num_steps,
+              ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
+          total = total + weight_w * loss_w
+          metrics.update(loss_weak=loss_w, weak_weight=weight_w)
         if config.loss.pairwise_weight > 0:
           metrics['loss_pairwise'] = pairwise
       metrics['loss'] = total
@@ -286,6 +321,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if last_good is not None:
     state = checkpointing.restore(latest, abstract_state)
     logging.info('resumed from step %d in %s', last_good, latest.directory)
+  elif config.model.encoder_from:
+    state = with_encoder_from(state, config.model.encoder_from, mesh)
   # The data streams are random-access: the step alone says where they stand, so resuming
   # needs no iterator state and works with any number of workers, processes or devices.
   streams = data_factory.make_train_streams(
@@ -313,7 +350,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                               'mask': labelled['mask']})
       unlabelled = None
       if semi:
-        unlabelled = parallel.global_batch(mesh, {'image': next(streams.unlabelled)['image']})
+        # With pseudo-labels (data.pseudo_labels) the unlabelled batch has masks too.
+        unlabelled = parallel.global_batch(mesh, {
+            k: v for k, v in next(streams.unlabelled).items() if k in ('image', 'mask')})
       state, metrics = train_step(state, labelled, unlabelled)
       history.append((step + 1, metrics))
       done, last = step + 1, step + 1 == num_steps

@@ -20,6 +20,10 @@ paper's settings for that dataset (SPEC 4 and 6):
   batch_size_labelled, batch_size_unlabelled   global batch sizes
   shuffle_seed, num_workers, read_threads, prefetch   the grain pipeline
   eval_batch_size, eval_pad_to   eval: 1 whole image at a time, or padded batches
+  image_labels             weak labels (sec. 3.3) of the unlabelled set, a file; '' = from
+                           its masks (see weak.py)
+  pseudo_labels            a folder of pseudo-label PNGs (--mode=pseudo_labels): the
+                           unlabelled stream yields them as masks, for the weak loss
 """
 
 import dataclasses
@@ -31,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from cct_jax.data import (camvid, cityscapes, fashion5, folder, generated, pipeline,
-                          sources, sunrgbd, tex5, tfds_source, transforms, voc)
+                          sources, sunrgbd, tex5, tfds_source, transforms, voc, weak)
 
 TRAIN_SPLITS = ('train_labelled', 'train_unlabelled')
 
@@ -89,6 +93,7 @@ def default_data_config(name: str = 'voc') -> ml_collections.ConfigDict:
       batch_size_labelled=10, batch_size_unlabelled=10,
       shuffle_seed=0, num_workers=0, read_threads=2, prefetch=4,
       eval_batch_size=1, eval_pad_to=(0, 0),
+      image_labels='', pseudo_labels='',
   ))
   cfg.update(dataset.defaults)
   if dataset.class_names:
@@ -121,31 +126,34 @@ def eval_splits(cfg) -> tuple[str, ...]:
   return splits
 
 
-def _labelled_pool_split(items: list[sources.Item], split: str, cfg) -> list[sources.Item]:
+def _labelled_pool_split(items: list[sources.Item], split: str, cfg,
+                         keep_masks: bool) -> list[sources.Item]:
   """A seeded split of the items that have masks; the unlabelled set is all the rest."""
   pool = [i for i in items if i.mask is not None]
   extra = [i for i in items if i.mask is None]
   labelled, unlabelled = sources.seeded_split(len(pool), cfg.num_labelled, cfg.split_seed)
   if split == 'train_labelled':
     return [pool[i] for i in labelled]
-  return sources.without_masks([pool[i] for i in unlabelled] + extra)
+  unlabelled = [pool[i] for i in unlabelled] + extra
+  return unlabelled if keep_masks else sources.without_masks(unlabelled)
 
 
-def _file_source(cfg, split: str, label_map: np.ndarray,
-                 check_files: bool) -> sources.FileSource:
+def _file_source(cfg, split: str, label_map: np.ndarray, check_files: bool,
+                 keep_masks: bool) -> sources.FileSource:
   if cfg.name == 'voc':
     items = voc.split_items(cfg.root, split, num_labelled=cfg.num_labelled,
                             split_seed=cfg.split_seed, split_dir=cfg.split_dir,
-                            train_list=cfg.train_list, mask_dir=cfg.mask_dir)
+                            train_list=cfg.train_list, mask_dir=cfg.mask_dir,
+                            keep_masks=keep_masks)
   else:
     items = _LAYOUTS[cfg.name].folder_items(
         cfg.root, 'train' if split in TRAIN_SPLITS else split)
     if split in TRAIN_SPLITS:
-      items = _labelled_pool_split(items, split, cfg)
+      items = _labelled_pool_split(items, split, cfg, keep_masks)
   return sources.FileSource(items, label_map, check_files)
 
 
-def _generated_source(cfg, split: str):
+def _generated_source(cfg, split: str, keep_masks: bool):
   official = 'train' if split in TRAIN_SPLITS else split
   if cfg.name == 'tex5':
     source = tex5.Tex5(official, cfg.sizes[official], cfg.scene_seed, cfg.image_size)
@@ -159,11 +167,11 @@ def _generated_source(cfg, split: str):
     return source
   return generated.protocol_subset(source, split, num_labelled=cfg.num_labelled,
                                    labelled_pool=cfg.labelled_pool,
-                                   split_seed=cfg.split_seed)
+                                   split_seed=cfg.split_seed, keep_masks=keep_masks)
 
 
-def _tfds_source(cfg, split: str, label_map: np.ndarray):
-  with_masks = split != 'train_unlabelled'
+def _tfds_source(cfg, split: str, label_map: np.ndarray, keep_masks: bool):
+  with_masks = split != 'train_unlabelled' or keep_masks
   if cfg.name == 'tfds':  # Exported splits are stored under our split names.
     return tfds_source.TfdsSource(cfg.tfds_name, split, data_dir=cfg.tfds_dir,
                                   label_map=label_map, with_masks=with_masks)
@@ -177,10 +185,12 @@ def _tfds_source(cfg, split: str, label_map: np.ndarray):
   return sources.Subset(source, labelled if split == 'train_labelled' else unlabelled)
 
 
-def make_source(cfg, split: str, *, check_files: bool = True):
+def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool = False):
   """The random-access source of `split` ('train_labelled', 'train_unlabelled', or one of
   `eval_splits(cfg)`) for data config `cfg`. Folder datasets check that every listed
-  file exists unless `check_files` is False (then reading a missing one fails)."""
+  file exists unless `check_files` is False (then reading a missing one fails).
+  `keep_masks`: unlabelled images keep the masks the dataset has for them (to score
+  pseudo-labels, or derive image-level labels), else they have none."""
   if cfg.name in ('voc', *_LAYOUTS) and not os.path.isdir(cfg.root):
     raise sources.DataError([f'{cfg.root or "data.root"}: {cfg.name} folder does not exist '
                              '(set data.root)'])
@@ -191,12 +201,31 @@ def make_source(cfg, split: str, *, check_files: bool = True):
     raise ValueError(f'data.num_classes={cfg.num_classes} but {cfg.name} has '
                      f'{len(class_names(cfg))} classes')
   if cfg.name in ('tex5', 'fashion5', 'fashion11'):
-    return _generated_source(cfg, split)
+    return _generated_source(cfg, split, keep_masks)
   label_map = (_LABEL_MAPS[cfg.name]() if cfg.name in _LABEL_MAPS
                else sources.index_label_map(cfg.num_classes))
   if cfg.name in ('tfds', 'cityscapes_tfds'):
-    return _tfds_source(cfg, split, label_map)
-  return _file_source(cfg, split, label_map, check_files)
+    return _tfds_source(cfg, split, label_map, keep_masks)
+  return _file_source(cfg, split, label_map, check_files, keep_masks)
+
+
+def make_weak_source(cfg, *, keep_masks: bool = False):
+  """The weak set of sec. 3.3, the unlabelled images with their image-level labels
+  ('image_labels', from the file `data.image_labels`, else from their masks)."""
+  source = make_source(cfg, 'train_unlabelled', keep_masks=keep_masks or not cfg.image_labels)
+  if not cfg.image_labels:
+    return weak.WithImageLabels(source, cfg.num_classes)
+  known = set(sources.example_ids(source)) | set(
+      sources.example_ids(make_source(cfg, 'train_labelled')))
+  labels = weak.read_image_labels(cfg.image_labels, cfg.num_classes, known)
+  return weak.WithImageLabels(source, cfg.num_classes, labels, cfg.image_labels)
+
+
+def make_classification_source(cfg):
+  """Images with image-level labels for classification pre-training: the labelled set
+  (labels from its masks) then the weak set."""
+  labelled = weak.WithImageLabels(make_source(cfg, 'train_labelled'), cfg.num_classes)
+  return weak.Concatenated(labelled, make_weak_source(cfg))
 
 
 def train_transform(cfg):
@@ -236,8 +265,11 @@ def make_train_streams(cfg, *, device_count: int = 1, process_index: int = 0,
     batch_size = pipeline.per_process_batch_size(
         global_batch, device_count=device_count, process_count=process_count,
         name=f'data.batch_size_{split.removeprefix("train_")}')
+    source = make_source(cfg, split)
+    if split == 'train_unlabelled' and cfg.pseudo_labels:
+      source = weak.WithPseudoLabels(source, cfg.pseudo_labels, cfg.num_classes)
     ds = pipeline.train_dataset(
-        make_source(cfg, split), train_transform(cfg), batch_size=batch_size,
+        source, train_transform(cfg), batch_size=batch_size,
         seed=pipeline.stream_seed(cfg.shuffle_seed, stream),
         process_index=process_index, process_count=process_count, start_step=start_step)
     streams.append(iter(_prefetched(ds, cfg)))

@@ -29,12 +29,18 @@ class GeneratedSource(abc.ABC):
   def __len__(self) -> int:
     return self.num_scenes
 
+  def example_id(self, index: int) -> str:
+    return f'{self.split}-{index:05d}'
+
+  def ids(self) -> list[str]:
+    return [self.example_id(index) for index in range(self.num_scenes)]
+
   def __getitem__(self, index: int) -> dict:
     if not 0 <= index < self.num_scenes:
       raise IndexError(f'scene {index} of a {self.num_scenes}-scene split')
     rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
     image, mask = self.generate(rng)
-    return {'image': image, 'mask': mask, 'id': f'{self.split}-{index:05d}'}
+    return {'image': image, 'mask': mask, 'id': self.example_id(index)}
 
   def __repr__(self) -> str:
     return (f'{type(self).__name__}({self.split!r}, num_scenes={self.num_scenes}, '
@@ -42,15 +48,18 @@ class GeneratedSource(abc.ABC):
 
 
 def protocol_subset(train: GeneratedSource, split: str, *, num_labelled: int,
-                    labelled_pool: int, split_seed: int) -> sources.Subset:
-  """'train_labelled' or 'train_unlabelled' of the protocol, as a subset of `train`."""
+                    labelled_pool: int, split_seed: int,
+                    keep_masks: bool = False) -> sources.Subset:
+  """'train_labelled' or 'train_unlabelled' of the protocol, as a subset of `train`; the
+  unlabelled scenes keep their masks only with `keep_masks`."""
   if not labelled_pool < len(train):
     raise ValueError(f'labelled_pool={labelled_pool} leaves no unlabelled scenes in a '
                      f'{len(train)}-scene training split')
   if split == 'train_labelled':
     labelled, _ = sources.seeded_split(labelled_pool, num_labelled, split_seed)
     return sources.Subset(train, labelled)
-  return sources.Subset(train, np.arange(labelled_pool, len(train)), drop_masks=True)
+  return sources.Subset(train, np.arange(labelled_pool, len(train)),
+                        drop_masks=not keep_masks)
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:

@@ -148,6 +148,9 @@ class FileSource:
   def __len__(self) -> int:
     return len(self.items)
 
+  def ids(self) -> list[str]:
+    return [item.id for item in self.items]
+
   def __getitem__(self, index: int) -> dict:
     item = self.items[index]
     raise_if_problems(missing_files([item]))
@@ -172,6 +175,10 @@ class Subset:
   def __len__(self) -> int:
     return len(self.indices)
 
+  def ids(self) -> list[str]:
+    ids = example_ids(self.source)
+    return [ids[i] for i in self.indices]
+
   def __getitem__(self, index: int) -> dict:
     example = self.source[int(self.indices[index])]
     if self.drop_masks:
@@ -180,6 +187,13 @@ class Subset:
 
   def __repr__(self) -> str:
     return f'Subset({len(self)} of {self.source!r}, drop_masks={self.drop_masks})'
+
+
+def example_ids(source) -> list[str]:
+  """The id of every example; without reading them where the source lists them (`ids()`)."""
+  if hasattr(source, 'ids'):
+    return source.ids()
+  return [source[i]['id'] for i in range(len(source))]
 
 
 def seeded_split(num_items: int, num_labelled: int, seed: int

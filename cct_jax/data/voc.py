@@ -87,8 +87,10 @@ def id_items(root: str, ids: list[str], mask_dir: str) -> list[sources.Item]:
 def split_items(root: str, split: str, *, num_labelled: int, split_seed: int,
                 split_dir: str = '',
                 train_list: str = 'ImageSets/Segmentation/train_aug.txt',
-                mask_dir: str = 'SegmentationClassAug') -> list[sources.Item]:
-  """The items of 'train_labelled', 'train_unlabelled' or 'val'."""
+                mask_dir: str = 'SegmentationClassAug',
+                keep_masks: bool = False) -> list[sources.Item]:
+  """The items of 'train_labelled', 'train_unlabelled' (with their SBD masks only if
+  `keep_masks`) or 'val'."""
   root = find_root(root)
   check_root(root)
   if split_dir:
@@ -96,7 +98,7 @@ def split_items(root: str, split: str, *, num_labelled: int, split_seed: int,
             'train_unlabelled': f'{num_labelled}_train_unsupervised.txt',
             'val': 'val.txt'}[split]
     return read_split_file(root, os.path.join(split_dir, name),
-                           labelled=split != 'train_unlabelled')
+                           labelled=split != 'train_unlabelled' or keep_masks)
   if split == 'val':
     val_ids = read_lines(os.path.join(root, 'ImageSets', 'Segmentation', 'val.txt'))
     return id_items(root, val_ids, mask_dir)
@@ -104,7 +106,8 @@ def split_items(root: str, split: str, *, num_labelled: int, split_seed: int,
   labelled, unlabelled = sources.seeded_split(len(ids), num_labelled, split_seed)
   if split == 'train_labelled':
     return id_items(root, [ids[i] for i in labelled], mask_dir)
-  return sources.without_masks(id_items(root, [ids[i] for i in unlabelled], mask_dir))
+  unlabelled_items = id_items(root, [ids[i] for i in unlabelled], mask_dir)
+  return unlabelled_items if keep_masks else sources.without_masks(unlabelled_items)
 
 
 def write_split_files(split_dir: str, labelled: list[sources.Item],

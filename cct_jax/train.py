@@ -6,7 +6,9 @@ checkpoints and resume, the loop with its evaluations, the final test evaluation
 One iteration is one labelled and one unlabelled batch. The labelled batch trains the
 encoder and main decoder with L_s; the unlabelled batch goes through the encoder in a
 separate pass (its own BN statistics, as the authors' code) and trains the encoder and the
-auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3).
+auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3). `train.mode` picks
+the unsupervised term: CCT ('semi'), none ('supervised'), or one of the input-consistency
+baselines of App. A ('mean_teacher', 'input_vat'; baselines.py).
 """
 
 import os
@@ -20,31 +22,41 @@ from absl import logging
 from etils import epath
 from flax.training import train_state
 
-from cct_jax import (checkpointing, evaluate, losses, models, parallel, perturbations, schedules,
-                     visualize)
+from cct_jax import (baselines, checkpointing, evaluate, losses, models, parallel,
+                     perturbations, schedules, visualize)
 from cct_jax.data import factory as data_factory
 from cct_jax.data import voc
 from cct_jax.models import pretrained
 from cct_jax.writers import MetricWriter
 
 
+MODES = ('semi', 'supervised', 'mean_teacher', 'input_vat')
+
+
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  # Mean Teacher's EMA {'params', 'batch_stats'}; None in the other modes.
+  teacher: Any = None
 
 
 def check_config(config) -> None:
   """Mistakes that would otherwise surface deep in a run, or never."""
-  if config.train.mode not in ('semi', 'supervised'):
-    raise ValueError(f"train.mode must be 'semi' or 'supervised', got {config.train.mode!r}")
+  if config.train.mode not in MODES:
+    raise ValueError(f'train.mode must be one of {MODES}, got {config.train.mode!r}')
   if config.model.num_classes != config.data.num_classes:
     raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
                      f'{config.data.num_classes} ({config.data.name})')
   perturbations.build_perturbations(config.perturbations)  # unknown types, VAT method
+  baselines.check_config(config.baselines)
 
 
 def aux_counts(config) -> dict[str, int]:
   """The auxiliary decoders the run trains: none for the supervised baseline."""
   return dict(config.perturbations.counts) if config.train.mode == 'semi' else {}
+
+
+def uses_unlabelled(config) -> bool:
+  return config.train.mode != 'supervised'
 
 
 def total_steps(config, num_unlabelled: int) -> int:
@@ -62,7 +74,9 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
     variables = models.init_variables(model, key, (1, 64, 64, 3))
     return TrainState.create(apply_fn=model.apply, params=variables['params'],
                              batch_stats=variables['batch_stats'],
-                             tx=schedules.make_optimizer(config.optim, num_steps))
+                             tx=schedules.make_optimizer(config.optim, num_steps),
+                             teacher=baselines.initial_teacher(config, variables['params'],
+                                                               variables['batch_stats']))
 
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
@@ -75,7 +89,8 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
     stats = dict(state.batch_stats,
                  encoder=dict(state.batch_stats['encoder'], trunk=loaded['batch_stats']))
     state = state.replace(params=params, batch_stats=stats)
-    state = state.replace(opt_state=state.tx.init(state.params))
+    state = state.replace(opt_state=state.tx.init(state.params),
+                          teacher=baselines.initial_teacher(config, params, stats))
     state = jax.device_put(state, parallel.replicated(mesh))
   return state
 
@@ -109,12 +124,36 @@ def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
   return loss_u, pairwise
 
 
+def cct_term(config, model):
+  """CCT's unsupervised term (baselines.py has the signature): the auxiliary decoders on
+  perturbed copies of z against the main decoder, plus the weighted pairwise loss."""
+  perturbation_fns = perturbations.build_perturbations(config.perturbations)
+
+  def term(params, batch_stats, teacher, images, key):
+    del teacher
+    (main_u, aux), updates = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, images, train=True,
+        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
+        mutable=['batch_stats'])
+    loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
+    metrics = {'loss_pairwise': pairwise} if config.loss.pairwise_weight > 0 else {}
+    return loss_u, config.loss.pairwise_weight * pairwise, updates['batch_stats'], metrics
+
+  return term
+
+
+def unsupervised_term(config, model):
+  """The unsupervised term of `train.mode`; None for the supervised baseline."""
+  terms = {'semi': cct_term, 'mean_teacher': baselines.mean_teacher_term,
+           'input_vat': baselines.input_vat_term}
+  return terms[config.train.mode](config, model) if uses_unlabelled(config) else None
+
+
 def make_train_step(config, model, num_steps: int):
   """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
-  perturbation_fns = perturbations.build_perturbations(config.perturbations)
+  unsup_term = unsupervised_term(config, model)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
-  semi = config.train.mode == 'semi'
 
   def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
     step = state.step
@@ -128,25 +167,23 @@ def make_train_step(config, model, num_steps: int):
       metrics = {'loss_sup': loss_s}
       total = loss_s
       batch_stats = updates['batch_stats']
-      if semi:
-        (main_u, aux), updates = model.apply(
-            {'params': params, 'batch_stats': batch_stats}, unlabelled['image'], train=True,
-            perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
-            mutable=['batch_stats'])
-        batch_stats = updates['batch_stats']
-        loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
+      if unsup_term is not None:
+        loss_u, extra, batch_stats, term_metrics = unsup_term(
+            params, batch_stats, state.teacher, unlabelled['image'], key)
         weight_u = schedules.ramp_weight(
             step, final_weight=config.loss.unsup_weight, total_steps=num_steps,
             ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
-        total = total + weight_u * loss_u + config.loss.pairwise_weight * pairwise
-        metrics.update(loss_unsup=loss_u, unsup_weight=weight_u)
-        if config.loss.pairwise_weight > 0:
-          metrics['loss_pairwise'] = pairwise
+        total = total + weight_u * loss_u + extra
+        metrics.update(loss_unsup=loss_u, unsup_weight=weight_u, **term_metrics)
       metrics['loss'] = total
       return total, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if state.teacher is not None:  # the teacher follows the updated student
+      student = {'params': state.params, 'batch_stats': state.batch_stats}
+      state = state.replace(teacher=baselines.ema_update(
+          state.teacher, student, config.baselines.mean_teacher.decay))
     lr = head_lr(step)
     metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
     return state, metrics
@@ -154,11 +191,19 @@ def make_train_step(config, model, num_steps: int):
   return step_fn
 
 
+def inference_variables(state: TrainState):
+  """The network that is evaluated: Mean Teacher's teacher (its EMA weights, which the
+  method is named after; the paper does not say which it scored), else the model."""
+  if state.teacher is not None:
+    return state.teacher
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 def make_predict_fn(config, model):
   """jitted (state, images) -> class probabilities with the configured inference."""
 
   def predict(state, images):
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    variables = inference_variables(state)
     logits_fn = lambda x: model.apply(variables, x, train=False)[0]
     return evaluate.predict_probs(logits_fn, images, config.eval)
 
@@ -271,9 +316,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = models.model_from_config(config.model, aux_counts(config))
   state = create_train_state(config, model, num_steps, mesh)
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  semi = config.train.mode == 'semi'
+  with_unlabelled = uses_unlabelled(config)
   train_step = jax.jit(make_train_step(config, model, num_steps),
-                       in_shardings=(rep, batch, batch if semi else None),
+                       in_shardings=(rep, batch, batch if with_unlabelled else None),
                        out_shardings=(rep, rep), donate_argnums=0)
   predict_fn = make_predict_fn(config, model)
 
@@ -305,14 +350,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The loop.
   first_step = int(state.step)
   writer.start(first_step, num_steps, config.data.batch_size_labelled +
-               semi * config.data.batch_size_unlabelled)
+               with_unlabelled * config.data.batch_size_unlabelled)
   with _StopRequest() as stop:
     for step in range(first_step, num_steps):
       labelled = next(streams.labelled)
       labelled = parallel.global_batch(mesh, {'image': labelled['image'],
                                               'mask': labelled['mask']})
       unlabelled = None
-      if semi:
+      if with_unlabelled:
         unlabelled = parallel.global_batch(mesh, {'image': next(streams.unlabelled)['image']})
       state, metrics = train_step(state, labelled, unlabelled)
       history.append((step + 1, metrics))

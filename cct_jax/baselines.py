@@ -44,11 +44,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                      f'{perturbations.VAT_METHODS}')
 
 
-def initial_teacher(config, params, batch_stats):
-  """Mean Teacher's teacher starts as a copy of the student, in buffers of its own (the
-  train state is donated); None in the other modes."""
-  if config.train.mode != 'mean_teacher':
-    return None
+def initial_teacher(params, batch_stats):
+  """The teacher starts as a copy of the student, in buffers of its own (the train state
+  is donated)."""
   return jax.tree.map(jnp.copy, {'params': params, 'batch_stats': batch_stats})
 
 

@@ -35,8 +35,18 @@ MODES = ('semi', 'supervised', 'mean_teacher', 'input_vat')
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-  # Mean Teacher's EMA {'params', 'batch_stats'}; None in the other modes.
-  teacher: Any = None
+
+
+class MeanTeacherState(TrainState):
+  """`train.mode='mean_teacher'`: the teacher, the EMA {'params', 'batch_stats'} of the
+  student, is saved and restored with the rest (a class of its own keeps the other modes'
+  checkpoints as they are)."""
+  teacher: Any
+
+
+def teacher_of(state: TrainState):
+  """Mean Teacher's teacher variables; None for the other methods."""
+  return state.teacher if isinstance(state, MeanTeacherState) else None
 
 
 def check_config(config) -> None:
@@ -72,11 +82,13 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
 
   def init(key):
     variables = models.init_variables(model, key, (1, 64, 64, 3))
-    return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                             batch_stats=variables['batch_stats'],
-                             tx=schedules.make_optimizer(config.optim, num_steps),
-                             teacher=baselines.initial_teacher(config, variables['params'],
-                                                               variables['batch_stats']))
+    fields = dict(apply_fn=model.apply, params=variables['params'],
+                  batch_stats=variables['batch_stats'],
+                  tx=schedules.make_optimizer(config.optim, num_steps))
+    if config.train.mode == 'mean_teacher':
+      return MeanTeacherState.create(**fields, teacher=baselines.initial_teacher(
+          variables['params'], variables['batch_stats']))
+    return TrainState.create(**fields)
 
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
@@ -89,8 +101,9 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
     stats = dict(state.batch_stats,
                  encoder=dict(state.batch_stats['encoder'], trunk=loaded['batch_stats']))
     state = state.replace(params=params, batch_stats=stats)
-    state = state.replace(opt_state=state.tx.init(state.params),
-                          teacher=baselines.initial_teacher(config, params, stats))
+    state = state.replace(opt_state=state.tx.init(state.params))
+    if isinstance(state, MeanTeacherState):
+      state = state.replace(teacher=baselines.initial_teacher(params, stats))
     state = jax.device_put(state, parallel.replicated(mesh))
   return state
 
@@ -157,6 +170,7 @@ def make_train_step(config, model, num_steps: int):
 
   def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
     step = state.step
+    teacher = teacher_of(state)
     key = jax.random.fold_in(base_key, step)
 
     def loss_fn(params):
@@ -169,7 +183,7 @@ def make_train_step(config, model, num_steps: int):
       batch_stats = updates['batch_stats']
       if unsup_term is not None:
         loss_u, extra, batch_stats, term_metrics = unsup_term(
-            params, batch_stats, state.teacher, unlabelled['image'], key)
+            params, batch_stats, teacher, unlabelled['image'], key)
         weight_u = schedules.ramp_weight(
             step, final_weight=config.loss.unsup_weight, total_steps=num_steps,
             ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
@@ -180,10 +194,10 @@ def make_train_step(config, model, num_steps: int):
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if state.teacher is not None:  # the teacher follows the updated student
+    if teacher is not None:  # the teacher follows the updated student
       student = {'params': state.params, 'batch_stats': state.batch_stats}
       state = state.replace(teacher=baselines.ema_update(
-          state.teacher, student, config.baselines.mean_teacher.decay))
+          teacher, student, config.baselines.mean_teacher.decay))
     lr = head_lr(step)
     metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
     return state, metrics
@@ -194,8 +208,9 @@ def make_train_step(config, model, num_steps: int):
 def inference_variables(state: TrainState):
   """The network that is evaluated: Mean Teacher's teacher (its EMA weights, which the
   method is named after; the paper does not say which it scored), else the model."""
-  if state.teacher is not None:
-    return state.teacher
+  teacher = teacher_of(state)
+  if teacher is not None:
+    return teacher
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 

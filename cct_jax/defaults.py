@@ -6,7 +6,7 @@ them, so a config file states what differs from the paper and nothing else.
 
 import ml_collections
 
-from cct_jax import losses, perturbations, schedules, weak
+from cct_jax import baselines, losses, perturbations, schedules, weak
 from cct_jax.data import factory as data_factory
 
 
@@ -42,7 +42,9 @@ def data_config(name: str) -> ml_collections.ConfigDict:
 
 def train_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      mode='semi',  # 'semi' (CCT) or 'supervised' (labelled images only)
+      # 'semi' (CCT), 'supervised' (labelled images only), or App. A's baselines
+      # 'mean_teacher' and 'input_vat' (baselines.py)
+      mode='semi',
       num_steps=0,  # 0: num_epochs passes over the unlabelled set
       num_epochs=50,
       log_every=20,
@@ -67,6 +69,7 @@ def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   config.model.num_classes = config.data.num_classes
   config.perturbations = perturbations.default_perturbation_config()
   config.loss = losses.default_loss_config()
+  config.baselines = baselines.default_baselines_config()
   config.optim = schedules.default_optim_config()
   config.train = train_config()
   config.eval = eval_config()

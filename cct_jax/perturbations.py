@@ -190,46 +190,58 @@ def guided_cutout(z, key, main_logits, decode, *, erase: float, background_class
 
 
 def _unit(x: jax.Array) -> jax.Array:
-  """x / ||x|| per sample over (h, w, C); a zero sample stays zero."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2, 3), keepdims=True))
+  """x / ||x|| per sample (over every axis but the first); a zero sample stays zero."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
   return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
 
 
-def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
-        iterations: int):
-  """I-VAT (paper App. G, Eqs. 13-15): z~ = z + r_adv with ||r_adv|| = eps per sample.
+def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
+                          iterations: int) -> jax.Array:
+  """The unit direction (per sample, over all but the batch axis) in which a small change
+  of `x` changes the prediction most: VAT's power iteration (Miyato et al.; paper App. G,
+  Eqs. 13-15), on the encoder output z (I-VAT) or on the input image (input VAT).
 
-  The direction is found by power iteration on the Hessian of
-  D(r) = KL(p || q(z + r)) at r = 0, with p = stop_gradient(softmax(decode(z))) and q
-  the same auxiliary decoder:
+  It iterates on the Hessian of D(r) = KL(p || q(x + r)) at r = 0, with
+  p = stop_gradient(softmax(logits_fn(x))) and q = softmax(logits_fn(.)):
     'finite_difference' (paper, Ref): d <- grad_d D(xi * d), normalised.
     'hvp': d <- H d exactly, as `jax.jvp` of `jax.grad` (no xi). At xi = 1e-6 in float32
       the finite difference is close to rounding noise; the HVP is not.
-  D sums over the batch; each sample's gradient depends on that sample only, so the
-  per-sample normalisation gives each sample its own direction. r_adv is a constant to
-  the outer gradient (as Ref's `d.grad`): neither the encoder nor the decoder gets a
-  gradient through it, the encoder is trained through z only.
+  D sums over the batch; with a per-sample `logits_fn` each sample's gradient depends on
+  that sample only, so the per-sample normalisation gives each sample its own direction.
+  The direction is a constant to any outer gradient (as Ref's `d.grad`).
   """
-  del main_logits
-  z_fixed = jax.lax.stop_gradient(z)
-  log_p = jax.lax.stop_gradient(jax.nn.log_softmax(decode(z_fixed)))
+  x_fixed = jax.lax.stop_gradient(x)
+  log_p = jax.lax.stop_gradient(jax.nn.log_softmax(logits_fn(x_fixed)))
 
   def divergence(r):
-    log_q = jax.nn.log_softmax(decode(z_fixed + r))
+    log_q = jax.nn.log_softmax(logits_fn(x_fixed + r))
     return jnp.sum(jnp.exp(log_p) * (log_p - log_q))
 
   if method == 'finite_difference':
     power_step = lambda d: jax.grad(lambda d: divergence(xi * d))(d)
   elif method == 'hvp':
-    origin = jnp.zeros_like(z_fixed)
+    origin = jnp.zeros_like(x_fixed)
     power_step = lambda d: jax.jvp(jax.grad(divergence), (origin,), (d,))[1]
   else:
     raise ValueError(f'vat method {method!r} not in {VAT_METHODS}')
 
-  d = _unit(jax.random.normal(key, z.shape, z.dtype))
+  d = _unit(jax.random.normal(key, x.shape, x.dtype))
   for _ in range(iterations):
     d = _unit(power_step(d))
-  return z + jax.lax.stop_gradient(eps * d)
+  return jax.lax.stop_gradient(d)
+
+
+def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
+        iterations: int):
+  """I-VAT (paper App. G): z~ = z + r_adv, r_adv = eps * `adversarial_direction` of the
+  auxiliary decoder that owns it, so ||r_adv|| = eps per sample.
+
+  Neither the encoder nor the decoder gets a gradient through r_adv: the encoder is
+  trained through z only.
+  """
+  del main_logits
+  return z + eps * adversarial_direction(decode, z, key, method=method, xi=xi,
+                                         iterations=iterations)
 
 
 # --------------------------------------------------------------------------------------

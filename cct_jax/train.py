@@ -6,7 +6,9 @@ checkpoints and resume, the loop with its evaluations, the final test evaluation
 One iteration is one labelled and one unlabelled batch. The labelled batch trains the
 encoder and main decoder with L_s; the unlabelled batch goes through the encoder in a
 separate pass (its own BN statistics, as the authors' code) and trains the encoder and the
-auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3).
+auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3). `train.mode` picks
+the unsupervised term: CCT ('semi'), none ('supervised'), or one of the input-consistency
+baselines of App. A ('mean_teacher', 'input_vat'; baselines.py).
 """
 
 import os
@@ -20,22 +22,37 @@ from absl import logging
 from etils import epath
 from flax.training import train_state
 
-from cct_jax import (checkpointing, evaluate, losses, models, parallel, perturbations, schedules,
-                     visualize)
+from cct_jax import (baselines, checkpointing, evaluate, losses, models, parallel,
+                     perturbations, schedules, visualize)
 from cct_jax.data import factory as data_factory
 from cct_jax.data import voc
 from cct_jax.models import pretrained
 from cct_jax.writers import MetricWriter
 
 
+MODES = ('semi', 'supervised', 'mean_teacher', 'input_vat')
+
+
 class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
+class MeanTeacherState(TrainState):
+  """`train.mode='mean_teacher'`: the teacher, the EMA {'params', 'batch_stats'} of the
+  student, is saved and restored with the rest (a class of its own keeps the other modes'
+  checkpoints as they are)."""
+  teacher: Any
+
+
+def teacher_of(state: TrainState):
+  """Mean Teacher's teacher variables; None for the other methods."""
+  return state.teacher if isinstance(state, MeanTeacherState) else None
+
+
 def check_config(config) -> None:
   """Mistakes that would otherwise surface deep in a run, or never."""
-  if config.train.mode not in ('semi', 'supervised'):
-    raise ValueError(f"train.mode must be 'semi' or 'supervised', got {config.train.mode!r}")
+  if config.train.mode not in MODES:
+    raise ValueError(f'train.mode must be one of {MODES}, got {config.train.mode!r}')
   if config.model.num_classes != config.data.num_classes:
     raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
                      f'{config.data.num_classes} ({config.data.name})')
@@ -44,11 +61,16 @@ def check_config(config) -> None:
     raise ValueError('model.encoder_from and model.pretrained both set: start from one')
   if config.data.pseudo_labels and config.train.mode != 'semi':
     raise ValueError("data.pseudo_labels train the auxiliary decoders: train.mode='semi'")
+  baselines.check_config(config.baselines)
 
 
 def aux_counts(config) -> dict[str, int]:
   """The auxiliary decoders the run trains: none for the supervised baseline."""
   return dict(config.perturbations.counts) if config.train.mode == 'semi' else {}
+
+
+def uses_unlabelled(config) -> bool:
+  return config.train.mode != 'supervised'
 
 
 def total_steps(config, num_unlabelled: int) -> int:
@@ -64,9 +86,13 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
 
   def init(key):
     variables = models.init_variables(model, key, (1, 64, 64, 3))
-    return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                             batch_stats=variables['batch_stats'],
-                             tx=schedules.make_optimizer(config.optim, num_steps))
+    fields = dict(apply_fn=model.apply, params=variables['params'],
+                  batch_stats=variables['batch_stats'],
+                  tx=schedules.make_optimizer(config.optim, num_steps))
+    if config.train.mode == 'mean_teacher':
+      return MeanTeacherState.create(**fields, teacher=baselines.initial_teacher(
+          variables['params'], variables['batch_stats']))
+    return TrainState.create(**fields)
 
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
@@ -80,6 +106,8 @@ def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
                  encoder=dict(state.batch_stats['encoder'], trunk=loaded['batch_stats']))
     state = state.replace(params=params, batch_stats=stats)
     state = state.replace(opt_state=state.tx.init(state.params))
+    if isinstance(state, MeanTeacherState):
+      state = state.replace(teacher=baselines.initial_teacher(params, stats))
     state = jax.device_put(state, parallel.replicated(mesh))
   return state
 
@@ -137,15 +165,56 @@ def weak_loss(aux: dict[str, jax.Array], pseudo_labels: jax.Array) -> jax.Array:
              for name, logits in aux.items()) / sum(counts.values())
 
 
+def cct_term(config, model):
+  """CCT's unsupervised terms (baselines.py has the signature): the auxiliary decoders on
+  perturbed copies of z against the main decoder, the pairwise loss when weighted, and L_w
+  when the batch carries pseudo-labels."""
+  perturbation_fns = perturbations.build_perturbations(config.perturbations)
+
+  def term(params, batch_stats, teacher, batch, key):
+    del teacher
+    (main_u, aux), updates = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
+        mutable=['batch_stats'])
+    loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
+    terms = {'unsup': loss_u}
+    if config.loss.pairwise_weight > 0:
+      terms['pairwise'] = pairwise
+    if 'mask' in batch:  # pseudo-labels of a weak set (Eq. 5): auxiliary decoders only
+      terms['weak'] = weak_loss(aux, batch['mask'])
+    return terms, updates['batch_stats']
+
+  return term
+
+
+def unsupervised_term(config, model):
+  """The unsupervised term of `train.mode`; None for the supervised baseline."""
+  terms = {'semi': cct_term, 'mean_teacher': baselines.mean_teacher_term,
+           'input_vat': baselines.input_vat_term}
+  return terms[config.train.mode](config, model) if uses_unlabelled(config) else None
+
+
+def term_weights(config, step, num_steps: int) -> dict:
+  """The weight of each unsupervised term at `step`: w_u(t) for the consistency loss
+  (Eq. 3), w_w(t) for L_w (the same ramp to `loss.weak_weight`), a constant for the
+  pairwise loss."""
+  ramp = lambda final: schedules.ramp_weight(
+      step, final_weight=final, total_steps=num_steps, ramp_fraction=config.loss.ramp_fraction,
+      kind=config.loss.ramp)
+  return {'unsup': ramp(config.loss.unsup_weight), 'weak': ramp(config.loss.weak_weight),
+          'pairwise': config.loss.pairwise_weight}
+
+
 def make_train_step(config, model, num_steps: int):
   """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
-  perturbation_fns = perturbations.build_perturbations(config.perturbations)
+  unsup_term = unsupervised_term(config, model)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
-  semi = config.train.mode == 'semi'
 
   def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
     step = state.step
+    teacher = teacher_of(state)
     key = jax.random.fold_in(base_key, step)
 
     def loss_fn(params):
@@ -156,32 +225,21 @@ def make_train_step(config, model, num_steps: int):
       metrics = {'loss_sup': loss_s}
       total = loss_s
       batch_stats = updates['batch_stats']
-      if semi:
-        (main_u, aux), updates = model.apply(
-            {'params': params, 'batch_stats': batch_stats}, unlabelled['image'], train=True,
-            perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
-            mutable=['batch_stats'])
-        batch_stats = updates['batch_stats']
-        loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
-        weight_u = schedules.ramp_weight(
-            step, final_weight=config.loss.unsup_weight, total_steps=num_steps,
-            ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
-        total = total + weight_u * loss_u + config.loss.pairwise_weight * pairwise
-        metrics.update(loss_unsup=loss_u, unsup_weight=weight_u)
-        if 'mask' in unlabelled:  # pseudo-labels of a weak set (Eq. 5): aux decoders only
-          loss_w = weak_loss(aux, unlabelled['mask'])
-          weight_w = schedules.ramp_weight(
-              step, final_weight=config.loss.weak_weight, total_steps=num_steps,
-              ramp_fraction=config.loss.ramp_fraction, kind=config.loss.ramp)
-          total = total + weight_w * loss_w
-          metrics.update(loss_weak=loss_w, weak_weight=weight_w)
-        if config.loss.pairwise_weight > 0:
-          metrics['loss_pairwise'] = pairwise
+      if unsup_term is not None:
+        terms, batch_stats = unsup_term(params, batch_stats, teacher, unlabelled, key)
+        weights = term_weights(config, step, num_steps)
+        total = total + sum(weights[name] * value for name, value in terms.items())
+        metrics.update({f'loss_{name}': value for name, value in terms.items()})
+        metrics.update({f'{name}_weight': weights[name] for name in terms})
       metrics['loss'] = total
       return total, (batch_stats, metrics)
 
     grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if teacher is not None:  # the teacher follows the updated student
+      student = {'params': state.params, 'batch_stats': state.batch_stats}
+      state = state.replace(teacher=baselines.ema_update(
+          teacher, student, config.baselines.mean_teacher.decay))
     lr = head_lr(step)
     metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
     return state, metrics
@@ -189,11 +247,20 @@ def make_train_step(config, model, num_steps: int):
   return step_fn
 
 
+def inference_variables(state: TrainState):
+  """The network that is evaluated: Mean Teacher's teacher (its EMA weights, which the
+  method is named after; the paper does not say which it scored), else the model."""
+  teacher = teacher_of(state)
+  if teacher is not None:
+    return teacher
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 def make_predict_fn(config, model):
   """jitted (state, images) -> class probabilities with the configured inference."""
 
   def predict(state, images):
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    variables = inference_variables(state)
     logits_fn = lambda x: model.apply(variables, x, train=False)[0]
     return evaluate.predict_probs(logits_fn, images, config.eval)
 
@@ -306,9 +373,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = models.model_from_config(config.model, aux_counts(config))
   state = create_train_state(config, model, num_steps, mesh)
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  semi = config.train.mode == 'semi'
+  with_unlabelled = uses_unlabelled(config)
   train_step = jax.jit(make_train_step(config, model, num_steps),
-                       in_shardings=(rep, batch, batch if semi else None),
+                       in_shardings=(rep, batch, batch if with_unlabelled else None),
                        out_shardings=(rep, rep), donate_argnums=0)
   predict_fn = make_predict_fn(config, model)
 
@@ -342,14 +409,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The loop.
   first_step = int(state.step)
   writer.start(first_step, num_steps, config.data.batch_size_labelled +
-               semi * config.data.batch_size_unlabelled)
+               with_unlabelled * config.data.batch_size_unlabelled)
   with _StopRequest() as stop:
     for step in range(first_step, num_steps):
       labelled = next(streams.labelled)
       labelled = parallel.global_batch(mesh, {'image': labelled['image'],
                                               'mask': labelled['mask']})
       unlabelled = None
-      if semi:
+      if with_unlabelled:
         # With pseudo-labels (data.pseudo_labels) the unlabelled batch has masks too.
         unlabelled = parallel.global_batch(mesh, {
             k: v for k, v in next(streams.unlabelled).items() if k in ('image', 'mask')})

@@ -34,6 +34,7 @@ def get_config(arg: str = ''):
     config.perturbations.counts.update(context_mask=0, object_mask=0)
   # At xi = 1e-6 the float32 finite difference is rounding noise; take the exact direction.
   config.perturbations.vat.method = 'hvp'
+  config.baselines.input_vat.method = 'hvp'
   # Trained from scratch: the whole network at a 10x larger rate than the paper's
   # fine-tuning of ImageNet weights, trunk included.
   config.optim.lr = 0.1

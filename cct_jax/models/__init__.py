@@ -3,6 +3,19 @@
 from collections.abc import Mapping
 
 from cct_jax.models.cct import CCT, Encoder, init_variables
+from cct_jax.models.multidomain import MultiDomainCCT
+
+
+def encoder_from_config(model_cfg) -> Encoder:
+  """The shared encoder described by a config's `model` section."""
+  return Encoder(
+      stage_sizes=tuple(model_cfg.stage_sizes),
+      width=model_cfg.width,
+      stem=model_cfg.stem,
+      output_stride=model_cfg.output_stride,
+      psp_features=model_cfg.psp_features,
+      psp_bins=tuple(model_cfg.psp_bins),
+  )
 
 
 def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) -> CCT:
@@ -11,16 +24,9 @@ def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) ->
   `aux_counts` (perturbation type -> number of auxiliary decoders) is None for a model
   that only ever runs the encoder and main decoder (supervised training, evaluation).
   """
-  encoder = Encoder(
-      stage_sizes=tuple(model_cfg.stage_sizes),
-      width=model_cfg.width,
-      stem=model_cfg.stem,
-      output_stride=model_cfg.output_stride,
-      psp_features=model_cfg.psp_features,
-      psp_bins=tuple(model_cfg.psp_bins),
-  )
-  return CCT(num_classes=model_cfg.num_classes, encoder=encoder,
+  return CCT(num_classes=model_cfg.num_classes, encoder=encoder_from_config(model_cfg),
              aux_counts=dict(aux_counts or {}), final_relu=model_cfg.decoder_final_relu)
 
 
-__all__ = ['CCT', 'Encoder', 'init_variables', 'model_from_config']
+__all__ = ['CCT', 'Encoder', 'MultiDomainCCT', 'encoder_from_config', 'init_variables',
+           'model_from_config']

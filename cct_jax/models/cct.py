@@ -148,12 +148,17 @@ class CCT(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
                key: jax.Array | None = None):
-    z = self.encoder(x, train)
+    return self.decode(self.encoder(x, train), x.shape[1:3], perturbations, key)
+
+  def decode(self, z: jax.Array, size: Sequence[int],
+             perturbations: Mapping[str, Perturbation] | None = None,
+             key: jax.Array | None = None):
+    """`(main_logits, aux)` at `size` from the encoder's output z: the decoders alone, for
+    a caller that runs the encoder itself (the multi-domain model shares one)."""
     main_logits = self.main_decoder(z)
     aux = {}
     if perturbations is not None:
       aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
-    size = x.shape[1:3]
     aux = {name: resize_logits(logits, size) for name, logits in aux.items()}
     return resize_logits(main_logits, size), aux
 

@@ -7,6 +7,9 @@
   python -m cct_jax.main --config=configs/voc.py --workdir=runs/voc --mode=summary \
       --config.data.root=VOCdevkit/VOC2012     # parameter counts; checks every file
 
+A multi-domain config (one with `domains`, e.g. configs/demo_two_domains.py) trains with
+cct_jax/multidomain.py; --domain picks whose decoders eval (default: all) and predict use.
+
 Several hosts (launch/tpu_pod.sh, launch/slurm_gpu.sh): the same command on every host
 with --multihost (or CCT_MULTIHOST=1); jax finds the other processes on Cloud TPU and
 Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -17,7 +20,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from cct_jax import data, parallel, predict, summary, train, writers
+from cct_jax import data, multidomain, parallel, predict, summary, train, writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
@@ -25,6 +28,8 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and result
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
 flags.DEFINE_string('input', None, 'predict: folder of images.')
 flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
+flags.DEFINE_string('domain', None, 'Multi-domain configs: the domain whose decoders eval '
+                    '(default: every domain) and predict (required) use.')
 flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
                   'Start jax.distributed first (default: $CCT_MULTIHOST == 1); without the '
                   'three flags below jax detects Cloud TPU pods and Slurm itself.')
@@ -42,14 +47,23 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
   config, workdir = FLAGS.config, FLAGS.workdir
+  multi_domain = 'domains' in config
+  if FLAGS.domain and not multi_domain:
+    raise app.UsageError('--domain picks the decoders of a multi-domain config (one with '
+                         'config.domains)')
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, workdir)
+    (multidomain if multi_domain else train).train_and_evaluate(config, workdir)
   elif FLAGS.mode == 'eval':
-    train.evaluate_checkpoint(config, workdir)
+    if multi_domain:
+      multidomain.evaluate_checkpoint(config, workdir, FLAGS.domain)
+    else:
+      train.evaluate_checkpoint(config, workdir)
   elif FLAGS.mode == 'predict':
     if not (FLAGS.input and FLAGS.output):
       raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
-    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output)
+    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output, domain=FLAGS.domain)
+  elif multi_domain:
+    raise app.UsageError('--mode=summary takes a single-domain config')
   else:
     summary.write_summary(config, workdir)
     if config.data.root:  # read every file once, listing every problem

@@ -13,9 +13,10 @@ parameters and optimiser state (momentum) are carried over unchanged, so neither
 momentum nor its weight decay moves a decoder on another domain's iteration.
 
 Optional (`adversarial.enabled`): the discriminator of App. E on z through a gradient
-reversal layer; it learns the per-position domain cross-entropy L_adv at full weight while
-the encoder gets -adversarial.weight x its gradient (lambda_adv of Eq. 12, applied as [16]'s
-reversal scale).
+reversal layer; it learns the per-position domain cross-entropy L_adv (Eq. 11; the mean of
+the labelled and the unlabelled batch's) at full weight while the encoder gets
+-adversarial.weight x its gradient (lambda_adv of Eq. 12, applied as [16]'s reversal
+scale).
 
 A config has `domains` (name -> a full data config, whose `num_classes` sizes that domain's
 decoders) in place of `data` and `model.num_classes` (`defaults.multi_domain`); the rest is
@@ -300,7 +301,7 @@ def restore_for_inference(config, workdir: str, domain: str | None):
   """(domain's config view, the model running `domain`'s decoders, state) of the best
   checkpoint in `workdir` (else the latest), for eval and prediction."""
   if domain is None:
-    raise ValueError(f'a multi-domain model predicts with one domain\'s decoders: pass '
+    raise ValueError("a multi-domain model predicts with one domain's decoders: pass "
                      f'--domain, one of {domain_names(config)}')
   view = domain_config(config, domain)
   model = model_from_config(config)

@@ -91,9 +91,10 @@ def multi_domain(config: ml_collections.ConfigDict,
   """`config` trained on several domains at once (paper sec. 3.4): `domains` maps each
   domain's name to its data config, which replaces `config.data`; each domain's decoders
   get its `num_classes`, so `model.num_classes` goes too. Adds the adversarial branch of
-  App. E, off."""
+  App. E, off, and `domain_batch_stats` (BN running statistics per domain), off."""
   config.domains = ml_collections.ConfigDict(dict(domains))
   config.adversarial = multidomain.default_adversarial_config()
+  config.domain_batch_stats = multidomain.DOMAIN_BATCH_STATS
   del config['data']
   del config.model['num_classes']
   return config

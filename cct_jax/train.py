@@ -378,14 +378,16 @@ def restore_for_inference(config, workdir: str):
   """(model, state) of the best checkpoint in `workdir` (else the latest), for eval and
   prediction; no optimiser step is taken, so the data streams are not needed."""
   model = models.model_from_config(config.model, aux_counts(config))
-  return model, restore_best_or_latest(config, model, workdir)
+  state = create_train_state(config, model, max(config.train.num_steps, 1),
+                             parallel.data_mesh())
+  return model, restore_best_or_latest(state, workdir)
 
 
-def restore_best_or_latest(config, model, workdir: str):
-  """The train state of `model` in the best checkpoint in `workdir`, else the latest."""
-  mesh = parallel.data_mesh()
-  state = create_train_state(config, model, max(config.train.num_steps, 1), mesh)
-  abstract_state = checkpointing.abstract_with_sharding(state, parallel.replicated(mesh))
+def restore_best_or_latest(state, workdir: str):
+  """The train state shaped like `state` in the best checkpoint in `workdir`, else the
+  latest."""
+  abstract_state = checkpointing.abstract_with_sharding(
+      state, parallel.replicated(parallel.data_mesh()))
   for name in ('best', 'checkpoints'):
     directory = os.path.join(workdir, name)
     if epath.Path(directory).is_dir():

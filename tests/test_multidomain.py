@@ -106,13 +106,16 @@ def _batches(num_classes: int, seed: int):
           {'image': rng.normal(size=(4, 32, 32, 3)).astype(np.float32)})
 
 
-def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders_alone():
+@pytest.mark.parametrize('domain_batch_stats', [False, True])
+def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders_alone(
+    domain_batch_stats):
   config = _unit_config()
+  config.domain_batch_stats = domain_batch_stats
   multidomain.check_config(config)
   assert multidomain.domain_names(config) == ('fashion11', 'tex5')
   model = multidomain.model_from_config(config)
   mesh = parallel.data_mesh()
-  state = train.create_train_state(config, model, num_steps=10, mesh=mesh)
+  state = multidomain.create_train_state(config, model, num_steps=10, mesh=mesh)
   step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=10))
           for name in ('tex5', 'fashion11')}
 
@@ -132,9 +135,14 @@ def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders
 
   for part in ('encoder', 'decoders_fashion11', 'discriminator'):
     assert _differs(after_fashion.params[part], after_tex5.params[part]), part
-  assert _differs(after_fashion.batch_stats['encoder'], after_tex5.batch_stats['encoder'])
   assert np.isfinite(metrics['loss_adversarial']) and metrics['loss_adversarial'] > 0
   assert metrics['loss'] > metrics['loss_sup']
+  if domain_batch_stats:  # fashion11's step updates its own BN statistics only
+    assert _differs(after_fashion.batch_stats['fashion11'], after_tex5.batch_stats['fashion11'])
+    assert not _differs(after_fashion.batch_stats['tex5'], after_tex5.batch_stats['tex5'])
+    assert _differs(after_tex5.batch_stats['tex5'], state.batch_stats['tex5'])
+    return
+  assert _differs(after_fashion.batch_stats['encoder'], after_tex5.batch_stats['encoder'])
 
   # Without carrying tex5's decoders over, momentum and weight decay would move them.
   plain = jax.jit(train.make_train_step(multidomain.domain_config(config, 'fashion11'),

@@ -5,12 +5,13 @@ through the same train step, data, ramp and evaluation as CCT (train.py).
 
 Each method is a function building its unsupervised term,
 
-    term(params, batch_stats, teacher, batch, key) -> (terms, batch_stats)
+    term(params, batch_stats, teacher, batch, key) -> (terms, updates)
 
   batch        the unlabelled batch: 'image', and 'mask' when it carries pseudo-labels.
   terms        {'unsup': the consistency loss, ...}: unweighted losses, which the train
                step weights (train.term_weights; CCT adds 'pairwise' and 'weak').
-  batch_stats  the BN statistics after the unlabelled pass.
+  updates      the collections the unlabelled pass leaves: 'batch_stats', and 'losses'
+               where the model sows terms of its own (train.sown_losses).
   teacher      Mean Teacher's EMA {'params', 'batch_stats'}; None for the other methods.
 """
 
@@ -77,7 +78,8 @@ def mean_teacher_term(config, model):
     student, batch_stats = _train_logits(model, {'params': params, 'batch_stats': batch_stats},
                                          noisy)
     target, _ = _train_logits(model, teacher, images)
-    return {'unsup': losses.consistency_loss(student[None], target, 'mse')}, batch_stats
+    return ({'unsup': losses.consistency_loss(student[None], target, 'mse')},
+            {'batch_stats': batch_stats})
 
   return term
 
@@ -99,6 +101,7 @@ def input_vat_term(config, model):
     r_adv = cfg.eps * perturbations.adversarial_direction(
         logits_fn, images, key, method=cfg.method, xi=cfg.xi, iterations=cfg.iterations)
     adversarial = logits_fn(images + r_adv)
-    return {'unsup': losses.consistency_loss(adversarial[None], clean, 'kl')}, new_stats
+    return ({'unsup': losses.consistency_loss(adversarial[None], clean, 'kl')},
+            {'batch_stats': new_stats})
 
   return term

@@ -4,9 +4,13 @@ Each section's defaults live beside the code that reads them; this module only a
 them, so a config file states what differs from the paper and nothing else.
 """
 
+import importlib.util
+import os
+from collections.abc import Mapping
+
 import ml_collections
 
-from cct_jax import baselines, losses, perturbations, schedules, weak
+from cct_jax import baselines, losses, multidomain, perturbations, schedules, weak
 from cct_jax.data import factory as data_factory
 
 
@@ -21,6 +25,7 @@ def model_config() -> ml_collections.ConfigDict:
       psp_features=512,
       psp_bins=(1, 2, 3, 6),
       decoder_final_relu=True,
+      decoder_width=0,  # channels of the decoders' upsampling blocks; 0: the class count
       pretrained='',  # an .npz from tools/convert_torch_resnet.py; '' trains from scratch
       encoder_from='',  # a --mode=pretrain_cls folder (<workdir>/classifier): its encoder
   ))
@@ -74,6 +79,30 @@ def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   config.train = train_config()
   config.eval = eval_config()
   config.weak = weak.default_weak_config()
+  return config
+
+
+def load_config_file(path: str, arg: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`: a multi-domain config file builds on
+  the single-domain ones beside it."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def multi_domain(config: ml_collections.ConfigDict,
+                 domains: Mapping[str, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+  """`config` trained on several domains at once (paper sec. 3.4): `domains` maps each
+  domain's name to its data config, which replaces `config.data`; each domain's decoders
+  get its `num_classes`, so `model.num_classes` goes too. Adds the adversarial branch of
+  App. E, off, and `domain_batch_stats` (BN running statistics per domain), off."""
+  config.domains = ml_collections.ConfigDict(dict(domains))
+  config.adversarial = multidomain.default_adversarial_config()
+  config.domain_batch_stats = multidomain.DOMAIN_BATCH_STATS
+  del config['data']
+  del config.model['num_classes']
   return config
 
 

@@ -11,6 +11,9 @@ Weak image-level labels (sec. 3.3; README "Weak labels"): --mode=pretrain_cls, t
 --mode=pseudo_labels, then train with --config.model.encoder_from=W/classifier and
 --config.data.pseudo_labels=W/pseudo_labels/crf.
 
+A multi-domain config (one with `domains`, e.g. configs/demo_two_domains.py) trains with
+cct_jax/multidomain.py; --domain picks whose decoders eval (default: all) and predict use.
+
 Several hosts (launch/tpu_pod.sh, launch/slurm_gpu.sh): the same command on every host
 with --multihost (or CCT_MULTIHOST=1); jax finds the other processes on Cloud TPU and
 Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -21,7 +24,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from cct_jax import data, parallel, predict, summary, train, writers
+from cct_jax import data, multidomain, parallel, predict, summary, train, writers
 from cct_jax.weak import classify, pseudo_labels
 
 FLAGS = flags.FLAGS
@@ -32,6 +35,8 @@ flags.DEFINE_enum('mode', 'train',
                   'What to do.')
 flags.DEFINE_string('input', None, 'predict: folder of images.')
 flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
+flags.DEFINE_string('domain', None, 'Multi-domain configs: the domain whose decoders eval '
+                    '(default: every domain) and predict (required) use.')
 flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
                   'Start jax.distributed first (default: $CCT_MULTIHOST == 1); without the '
                   'three flags below jax detects Cloud TPU pods and Slurm itself.')
@@ -49,18 +54,27 @@ def main(argv):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
   config, workdir = FLAGS.config, FLAGS.workdir
+  multi_domain = 'domains' in config
+  if FLAGS.domain and not multi_domain:
+    raise app.UsageError('--domain picks the decoders of a multi-domain config (one with '
+                         'config.domains)')
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, workdir)
+    (multidomain if multi_domain else train).train_and_evaluate(config, workdir)
   elif FLAGS.mode == 'eval':
-    train.evaluate_checkpoint(config, workdir)
+    if multi_domain:
+      multidomain.evaluate_checkpoint(config, workdir, FLAGS.domain)
+    else:
+      train.evaluate_checkpoint(config, workdir)
   elif FLAGS.mode == 'predict':
     if not (FLAGS.input and FLAGS.output):
       raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
-    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output)
+    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output, domain=FLAGS.domain)
   elif FLAGS.mode == 'pretrain_cls':
     classify.train_classifier(config, workdir)
   elif FLAGS.mode == 'pseudo_labels':
     pseudo_labels.write_pseudo_labels(config, workdir)
+  elif multi_domain:
+    raise app.UsageError('--mode=summary takes a single-domain config')
   else:
     summary.write_summary(config, workdir)
     if config.data.root:  # read every file once, listing every problem

@@ -7,7 +7,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cct_jax import train, visualize
+from cct_jax import multidomain, train, visualize
 from cct_jax.data import sources, transforms, voc
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -22,10 +22,15 @@ def list_images(input_dir: str) -> list[str]:
   return names
 
 
-def predict_folder(config, workdir: str, input_dir: str, output_dir: str) -> list[str]:
-  """Writes `<name>.png` (class ids, palette PNG) and `<name>_overlay.jpg` per image."""
+def predict_folder(config, workdir: str, input_dir: str, output_dir: str,
+                   domain: str | None = None) -> list[str]:
+  """Writes `<name>.png` (class ids, palette PNG) and `<name>_overlay.jpg` per image; a
+  multi-domain model predicts with `domain`'s decoders."""
   names = list_images(input_dir)
-  model, state = train.restore_for_inference(config, workdir)
+  if 'domains' in config:
+    config, model, state = multidomain.restore_for_inference(config, workdir, domain)
+  else:
+    model, state = train.restore_for_inference(config, workdir)
   predict_fn = train.make_predict_fn(config, model)
   palette = voc.palette()
   os.makedirs(output_dir, exist_ok=True)

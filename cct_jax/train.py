@@ -176,14 +176,14 @@ def cct_term(config, model):
     (main_u, aux), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
         perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
-        mutable=['batch_stats'])
+        mutable=['batch_stats', 'losses'])
     loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
     terms = {'unsup': loss_u}
     if config.loss.pairwise_weight > 0:
       terms['pairwise'] = pairwise
     if 'mask' in batch:  # pseudo-labels of a weak set (Eq. 5): auxiliary decoders only
       terms['weak'] = weak_loss(aux, batch['mask'])
-    return terms, updates['batch_stats']
+    return terms, updates
 
   return term
 
@@ -206,6 +206,17 @@ def term_weights(config, step, num_steps: int) -> dict:
           'pairwise': config.loss.pairwise_weight}
 
 
+def sown_losses(updates: list[dict]) -> dict[str, jax.Array]:
+  """Terms a model adds to its own objective with `self.sow('losses', name, value)` (the
+  multi-domain discriminator's), each averaged over the passes (`apply` updates) that
+  sowed it."""
+  sown = {}
+  for collections in updates:
+    for name, values in collections.get('losses', {}).items():
+      sown.setdefault(name, []).extend(values)
+  return {name: sum(values) / len(values) for name, values in sown.items()}
+
+
 def make_train_step(config, model, num_steps: int):
   """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
   unsup_term = unsupervised_term(config, model)
@@ -220,17 +231,23 @@ def make_train_step(config, model, num_steps: int):
     def loss_fn(params):
       (main_l, _), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, labelled['image'], train=True,
-          mutable=['batch_stats'])
+          mutable=['batch_stats', 'losses'])
       loss_s = supervised_loss(config, main_l, labelled['mask'], step, num_steps)
       metrics = {'loss_sup': loss_s}
       total = loss_s
       batch_stats = updates['batch_stats']
+      passes = [updates]
       if unsup_term is not None:
-        terms, batch_stats = unsup_term(params, batch_stats, teacher, unlabelled, key)
+        terms, updates = unsup_term(params, batch_stats, teacher, unlabelled, key)
+        batch_stats = updates['batch_stats']
+        passes.append(updates)
         weights = term_weights(config, step, num_steps)
         total = total + sum(weights[name] * value for name, value in terms.items())
         metrics.update({f'loss_{name}': value for name, value in terms.items()})
         metrics.update({f'{name}_weight': weights[name] for name in terms})
+      for name, value in sown_losses(passes).items():
+        total = total + value
+        metrics[f'loss_{name}'] = value
       metrics['loss'] = total
       return total, (batch_stats, metrics)
 
@@ -309,7 +326,7 @@ def save_prediction_panel(config, writer, split: str, step: int, samples) -> str
   return writer.write_png(f'predictions_{split}.png', picture)
 
 
-class _StopRequest:
+class StopRequest:
   """SIGTERM / SIGINT ask the loop to save a checkpoint and return at the next step."""
 
   def __init__(self):
@@ -410,7 +427,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   first_step = int(state.step)
   writer.start(first_step, num_steps, config.data.batch_size_labelled +
                with_unlabelled * config.data.batch_size_unlabelled)
-  with _StopRequest() as stop:
+  with StopRequest() as stop:
     for step in range(first_step, num_steps):
       labelled = next(streams.labelled)
       labelled = parallel.global_batch(mesh, {'image': labelled['image'],
@@ -468,16 +485,22 @@ def restore_for_inference(config, workdir: str):
   """(model, state) of the best checkpoint in `workdir` (else the latest), for eval and
   prediction; no optimiser step is taken, so the data streams are not needed."""
   model = models.model_from_config(config.model, aux_counts(config))
-  mesh = parallel.data_mesh()
-  state = create_train_state(config, model, max(config.train.num_steps, 1), mesh)
-  abstract_state = checkpointing.abstract_with_sharding(state, parallel.replicated(mesh))
+  state = create_train_state(config, model, max(config.train.num_steps, 1),
+                             parallel.data_mesh())
+  return model, restore_best_or_latest(state, workdir)
+
+
+def restore_best_or_latest(state, workdir: str):
+  """The train state shaped like `state` in the best checkpoint in `workdir`, else the
+  latest."""
+  abstract_state = checkpointing.abstract_with_sharding(
+      state, parallel.replicated(parallel.data_mesh()))
   for name in ('best', 'checkpoints'):
     directory = os.path.join(workdir, name)
     if epath.Path(directory).is_dir():
       mngr = checkpointing.manager(directory)
       if mngr.latest_step() is not None:
-        state = checkpointing.restore(mngr, abstract_state)
-        return model, state
+        return checkpointing.restore(mngr, abstract_state)
   raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints; '
                           'train first (--mode=train)')
 

@@ -117,3 +117,18 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
     np.testing.assert_allclose(aux['feature_noise'][k], expected, rtol=1e-5, atol=1e-5)
   assert not np.allclose(aux['feature_noise'][0], aux['feature_noise'][1])
   assert main.shape == (2, 16, 16, 5)
+
+
+def test_decoder_width_widens_every_block_but_the_last():
+  z = jnp.zeros((1, 4, 4, 16))
+  shapes = lambda width: jax.tree.map(jnp.shape, decoders.Decoder(5, 2, width=width).init(
+      jax.random.key(0), z)['params'])
+  paper = shapes(0)  # the paper's: the class count throughout
+  assert paper['conv_in']['kernel'] == (16, 5)
+  assert paper['upsample_0']['kernel'] == (5, 20) and paper['upsample_1']['kernel'] == (5, 20)
+  wide = shapes(32)
+  assert wide['conv_in']['kernel'] == (16, 32)
+  assert wide['upsample_0']['kernel'] == (32, 128)
+  assert wide['upsample_1']['kernel'] == (32, 20)  # 4 x 5 classes before the last shuffle
+  logits = decoders.Decoder(5, 2, width=32).init_with_output(jax.random.key(0), z)[0]
+  assert logits.shape == (1, 16, 16, 5)

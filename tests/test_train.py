@@ -193,7 +193,7 @@ def test_demo_smoke_trains_evaluates_and_predicts_from_the_command_line(smoke_ru
 def test_stop_request_catches_sigint_and_sigterm_and_restores_handlers():
   before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
   for sig in (signal.SIGINT, signal.SIGTERM):
-    with train._StopRequest() as stop:  # pylint: disable=protected-access
+    with train.StopRequest() as stop:
       assert stop.requested is None
       signal.raise_signal(sig)  # would end the test session without the handler
       assert stop.requested == sig.name

@@ -4,9 +4,11 @@ from collections.abc import Mapping
 
 from cct_jax.models.cct import CCT, Encoder, init_variables
 from cct_jax.models.classifier import Classifier, class_activation_maps
+from cct_jax.models.multidomain import MultiDomainCCT
 
 
 def encoder_from_config(model_cfg) -> Encoder:
+  """The shared encoder described by a config's `model` section."""
   return Encoder(
       stage_sizes=tuple(model_cfg.stage_sizes),
       width=model_cfg.width,
@@ -24,7 +26,8 @@ def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) ->
   that only ever runs the encoder and main decoder (supervised training, evaluation).
   """
   return CCT(num_classes=model_cfg.num_classes, encoder=encoder_from_config(model_cfg),
-             aux_counts=dict(aux_counts or {}), final_relu=model_cfg.decoder_final_relu)
+             aux_counts=dict(aux_counts or {}), final_relu=model_cfg.decoder_final_relu,
+             decoder_width=model_cfg.decoder_width)
 
 
 def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:
@@ -32,5 +35,6 @@ def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:
   return Classifier(num_outputs, encoder=encoder_from_config(model_cfg))
 
 
-__all__ = ['CCT', 'Classifier', 'Encoder', 'class_activation_maps', 'classifier_from_config',
-           'encoder_from_config', 'init_variables', 'model_from_config']
+__all__ = ['CCT', 'Classifier', 'Encoder', 'MultiDomainCCT', 'class_activation_maps',
+           'classifier_from_config', 'encoder_from_config', 'init_variables',
+           'model_from_config']

@@ -90,13 +90,15 @@ class DecoderStack(nn.Module):
   num_classes: int
   final_relu: bool = True
   num_upsamples: int = 3
+  decoder_width: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
                perturb: Perturbation) -> jax.Array:
     """Returns the stacked auxiliary logits (count, B, 8h, 8w, C)."""
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
-    decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu, parent=None)
+    decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu,
+                      self.decoder_width, parent=None)
     init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
         jax.random.split(rng, self.count))
     stack = self.param('decoders', init_stack)
@@ -114,6 +116,7 @@ class AuxiliaryDecoders(nn.Module):
   num_classes: int
   final_relu: bool = True
   num_upsamples: int = 3
+  decoder_width: int = 0
 
   @nn.compact
   def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation]):
@@ -121,7 +124,7 @@ class AuxiliaryDecoders(nn.Module):
     for name, count in self.counts.items():
       if count > 0:
         stack = DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
-                             name=name)
+                             self.decoder_width, name=name)
         aux[name] = stack(z, perturbation_type_key(key, name), main_logits, perturbations[name])
     return aux
 
@@ -138,22 +141,29 @@ class CCT(nn.Module):
   encoder: Encoder = Encoder()
   aux_counts: Mapping[str, int] = None
   final_relu: bool = True
+  decoder_width: int = 0  # see Decoder.width
 
   def setup(self):
     upsamples = decoder_upsamples(self.encoder.output_stride)
-    self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu)
+    self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu,
+                                self.decoder_width)
     self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
-                                          self.final_relu, upsamples)
+                                          self.final_relu, upsamples, self.decoder_width)
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
                key: jax.Array | None = None):
-    z = self.encoder(x, train)
+    return self.decode(self.encoder(x, train), x.shape[1:3], perturbations, key)
+
+  def decode(self, z: jax.Array, size: Sequence[int],
+             perturbations: Mapping[str, Perturbation] | None = None,
+             key: jax.Array | None = None):
+    """`(main_logits, aux)` at `size` from the encoder's output z: the decoders alone, for
+    a caller that runs the encoder itself (the multi-domain model shares one)."""
     main_logits = self.main_decoder(z)
     aux = {}
     if perturbations is not None:
       aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
-    size = x.shape[1:3]
     aux = {name: resize_logits(logits, size) for name, logits in aux.items()}
     return resize_logits(main_logits, size), aux
 

@@ -51,21 +51,26 @@ class Decoder(nn.Module):
 
   The 1x1 convolutions are `Dense` layers on the channel axis: the same arithmetic, and a
   vmapped stack of them lowers to one batched matmul. `final_relu=True` keeps the
-  authors' ReLU in the last block (non-negative logits, SPEC 1).
+  authors' ReLU in the last block (non-negative logits, SPEC 1). C is the class count in
+  the paper; `width` > 0 sets the channels of every block but the last instead, because
+  a network trained from scratch with few classes can lose a class for good when one of
+  so few ReLU channels dies (configs/demo.py: fashion5).
   """
   num_classes: int
   num_upsamples: int = 3
   final_relu: bool = True
+  width: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    x = nn.Dense(self.num_classes, use_bias=False, kernel_init=nn.initializers.he_normal(),
+    hidden = self.width or self.num_classes
+    x = nn.Dense(hidden, use_bias=False, kernel_init=nn.initializers.he_normal(),
                  name='conv_in')(z)
     for i in range(self.num_upsamples):
-      x = nn.Dense(4 * self.num_classes, kernel_init=icnr_init(),
-                   bias_init=torch_default_bias_init(self.num_classes),
-                   name=f'upsample_{i}')(x)
-      if self.final_relu or i < self.num_upsamples - 1:
+      last = i == self.num_upsamples - 1
+      x = nn.Dense(4 * (self.num_classes if last else hidden), kernel_init=icnr_init(),
+                   bias_init=torch_default_bias_init(x.shape[-1]), name=f'upsample_{i}')(x)
+      if self.final_relu or not last:
         x = nn.relu(x)
       x = pixel_shuffle(x)
     return x

@@ -32,7 +32,6 @@ reported split and their average, as Tables 2-3.
 """
 
 import os
-from typing import Any
 
 import jax
 import ml_collections
@@ -260,62 +259,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
       process_count=jax.process_count(),
       start_step=domain_steps_done(first_step, index, len(names)))
              for index, name in enumerate(names)}
-  best_step = best.latest_step()
-  best_miou = -1.0 if best_step is None else checkpointing.saved_metrics(best, best_step)['miou']
+  def train_one(state, step):
+    name = names[step % len(names)]
+    labelled = next(streams[name].labelled)
+    labelled = parallel.global_batch(mesh, {'image': labelled['image'],
+                                            'mask': labelled['mask']})
+    unlabelled = None
+    if semi:
+      unlabelled = parallel.global_batch(mesh,
+                                         {'image': next(streams[name].unlabelled)['image']})
+    state, metrics = train_steps[name](state, labelled, unlabelled)
+    return state, {f'{k}/{name}': v for k, v in metrics.items()}
 
-  history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
+  def select(state, step):
+    results, samples = evaluate_domains(views, state, predict_fns, select_sets, mesh,
+                                        num_samples=config.train.num_pictures)
+    write_domain_evaluation(views, writer, step, select_split, results, samples)
+    return results['miou']
 
-  def flush_metrics():
-    fetched = [(s, jax.device_get(m)) for s, m in history]
-    history.clear()
-    train.check_finite(fetched, last_good, latest.directory)
-    writer.write_scalars(fetched)
-
-  def close_streams():
-    for domain_streams in streams.values():
-      domain_streams.close()
-
-  # The loop.
   images_per_step = (np.mean([v.data.batch_size_labelled for v in views.values()]) +
                      semi * np.mean([v.data.batch_size_unlabelled for v in views.values()]))
-  writer.start(first_step, num_steps, images_per_step)
-  with train.StopRequest() as stop:
-    for step in range(first_step, num_steps):
-      name = names[step % len(names)]
-      labelled = next(streams[name].labelled)
-      labelled = parallel.global_batch(mesh, {'image': labelled['image'],
-                                              'mask': labelled['mask']})
-      unlabelled = None
-      if semi:
-        unlabelled = parallel.global_batch(mesh,
-                                           {'image': next(streams[name].unlabelled)['image']})
-      state, metrics = train_steps[name](state, labelled, unlabelled)
-      history.append((step + 1, {f'{k}/{name}': v for k, v in metrics.items()}))
-      done, last = step + 1, step + 1 == num_steps
-      stopping = stop.agreed(sync=done % config.train.log_every == 0)
-
-      if done % config.train.log_every == 0 or last:
-        flush_metrics()
-      if done % config.train.eval_every == 0 or last:
-        flush_metrics()
-        results, samples = evaluate_domains(views, state, predict_fns, select_sets, mesh,
-                                            num_samples=config.train.num_pictures)
-        write_domain_evaluation(views, writer, done, select_split, results, samples)
-        if results['miou'] > best_miou:
-          best_miou = results['miou']
-          checkpointing.save(best, done, state, metrics={'miou': best_miou})
-      if done % config.train.checkpoint_every == 0 or last or stopping:
-        flush_metrics()
-        checkpointing.save(latest, done, state)
-        last_good = done
-      if stopping:
-        logging.warning('%s received: saved step %d in %s; run again to resume.',
-                        stop.requested or 'a stop request (by another process)', done,
-                        latest.directory)
-        close_streams()
-        writer.close()
-        return {'stopped_at': done}
-  close_streams()
+  state, stopped = train.training_loop(config.train, writer, state, num_steps, train_one,
+                                       select, latest, best, last_good, images_per_step)
+  for domain_streams in streams.values():
+    domain_streams.close()
+  if stopped:
+    writer.close()
+    return {'stopped_at': int(state.step)}
 
   # The best checkpoint (selected on the average val mIoU) scored on the reported splits.
   if best.latest_step() is not None:

@@ -366,6 +366,54 @@ def check_finite(history: list[tuple[int, dict]], last_good: int | None, directo
                                f'{kept}')
 
 
+def training_loop(train_cfg, writer, state, num_steps: int, train_one, select, latest, best,
+                  last_good: int | None, images_per_step: float):
+  """The loop both trainers run (this one and multidomain.py's), from `state.step`.
+
+  `train_one(state, step) -> (state, metrics)` draws the batches and takes the step;
+  `select(state, step) -> mIoU` evaluates for model selection every `train_cfg.eval_every`
+  steps, the best checkpoint kept in `best`; metrics are fetched from the devices every
+  `log_every` steps (a non-finite one stops the run), the state saved in `latest` every
+  `checkpoint_every`. SIGTERM / SIGINT save and leave early. Returns (state, stopped).
+  """
+  best_step = best.latest_step()
+  best_miou = -1.0 if best_step is None else checkpointing.saved_metrics(best, best_step)['miou']
+  history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
+
+  def flush_metrics():
+    fetched = [(s, jax.device_get(m)) for s, m in history]
+    history.clear()
+    check_finite(fetched, last_good, latest.directory)
+    writer.write_scalars(fetched)
+
+  writer.start(int(state.step), num_steps, images_per_step)
+  with StopRequest() as stop:
+    for step in range(int(state.step), num_steps):
+      state, metrics = train_one(state, step)
+      history.append((step + 1, metrics))
+      done, last = step + 1, step + 1 == num_steps
+      stopping = stop.agreed(sync=done % train_cfg.log_every == 0)
+
+      if done % train_cfg.log_every == 0 or last:
+        flush_metrics()
+      if done % train_cfg.eval_every == 0 or last:
+        flush_metrics()
+        miou = select(state, done)
+        if miou > best_miou:
+          best_miou = miou
+          checkpointing.save(best, done, state, metrics={'miou': best_miou})
+      if done % train_cfg.checkpoint_every == 0 or last or stopping:
+        flush_metrics()
+        checkpointing.save(latest, done, state)
+        last_good = done
+      if stopping:
+        logging.warning('%s received: saved step %d in %s; run again to resume.',
+                        stop.requested or 'a stop request (by another process)', done,
+                        latest.directory)
+        return state, True
+  return state, False
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates on val every `train.eval_every` steps (the best checkpoint by val
   mIoU kept apart from the latest), then scores the best checkpoint on the dataset's
@@ -412,59 +460,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
   streams = data_factory.make_train_streams(
       config.data, device_count=jax.device_count(), process_index=jax.process_index(),
       process_count=jax.process_count(), start_step=int(state.step))
-  best_step = best.latest_step()
-  best_miou = -1.0 if best_step is None else checkpointing.saved_metrics(best, best_step)['miou']
 
-  history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
+  def train_one(state, step):
+    labelled = next(streams.labelled)
+    labelled = parallel.global_batch(mesh, {'image': labelled['image'],
+                                            'mask': labelled['mask']})
+    unlabelled = None
+    if with_unlabelled:
+      # With pseudo-labels (data.pseudo_labels) the unlabelled batch has masks too.
+      unlabelled = parallel.global_batch(mesh, {
+          k: v for k, v in next(streams.unlabelled).items() if k in ('image', 'mask')})
+    return train_step(state, labelled, unlabelled)
 
-  def flush_metrics():
-    fetched = [(s, jax.device_get(m)) for s, m in history]
-    history.clear()
-    check_finite(fetched, last_good, latest.directory)
-    writer.write_scalars(fetched)
+  def select(state, step):
+    results, samples = evaluate_split(config, state, predict_fn, eval_sets[eval_splits[0]],
+                                      mesh, num_samples=config.train.num_pictures)
+    writer.write_eval(step, eval_splits[0], results)
+    save_prediction_panel(config, writer, eval_splits[0], step, samples)
+    return results['miou']
 
-  # The loop.
-  first_step = int(state.step)
-  writer.start(first_step, num_steps, config.data.batch_size_labelled +
-               with_unlabelled * config.data.batch_size_unlabelled)
-  with StopRequest() as stop:
-    for step in range(first_step, num_steps):
-      labelled = next(streams.labelled)
-      labelled = parallel.global_batch(mesh, {'image': labelled['image'],
-                                              'mask': labelled['mask']})
-      unlabelled = None
-      if with_unlabelled:
-        # With pseudo-labels (data.pseudo_labels) the unlabelled batch has masks too.
-        unlabelled = parallel.global_batch(mesh, {
-            k: v for k, v in next(streams.unlabelled).items() if k in ('image', 'mask')})
-      state, metrics = train_step(state, labelled, unlabelled)
-      history.append((step + 1, metrics))
-      done, last = step + 1, step + 1 == num_steps
-      stopping = stop.agreed(sync=done % config.train.log_every == 0)
-
-      if done % config.train.log_every == 0 or last:
-        flush_metrics()
-      if done % config.train.eval_every == 0 or last:
-        flush_metrics()
-        results, samples = evaluate_split(config, state, predict_fn, eval_sets[eval_splits[0]],
-                                          mesh, num_samples=config.train.num_pictures)
-        writer.write_eval(done, eval_splits[0], results)
-        save_prediction_panel(config, writer, eval_splits[0], done, samples)
-        if results['miou'] > best_miou:
-          best_miou = results['miou']
-          checkpointing.save(best, done, state, metrics={'miou': best_miou})
-      if done % config.train.checkpoint_every == 0 or last or stopping:
-        flush_metrics()
-        checkpointing.save(latest, done, state)
-        last_good = done
-      if stopping:
-        logging.warning('%s received: saved step %d in %s; run again to resume.',
-                        stop.requested or 'a stop request (by another process)', done,
-                        latest.directory)
-        streams.close()
-        writer.close()
-        return {'stopped_at': done}
+  state, stopped = training_loop(
+      config.train, writer, state, num_steps, train_one, select, latest, best, last_good,
+      images_per_step=config.data.batch_size_labelled +
+      with_unlabelled * config.data.batch_size_unlabelled)
   streams.close()
+  if stopped:
+    writer.close()
+    return {'stopped_at': int(state.step)}
 
   # The best checkpoint (model selection on val) scored on the reported split.
   report_split = eval_splits[-1]

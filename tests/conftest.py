@@ -1,7 +1,9 @@
 """Test set-up: four CPU devices, so data-parallel code runs on a real mesh, and cheap
 compiles. Environment variables, so that command-line subprocesses get the same."""
 
+import contextlib
 import os
+import signal
 import tempfile
 
 # Must happen before jax is imported anywhere in the test session.
@@ -13,3 +15,40 @@ os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # One compilation cache for the session: in-process runs and subprocesses that build the
 # same programs compile them once.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='cct_jax_cache_'))
+
+import pytest  # pylint: disable=wrong-import-position
+
+from cct_jax import checkpointing, parallel  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def sigterm_after_first_checkpoint(monkeypatch):
+  """A context in which SIGTERM reaches a training run while the step after its first
+  `checkpoints/` save draws its batch; it yields the steps saved there. The run must finish
+  that step, save it and return {'stopped_at': step}."""
+
+  @contextlib.contextmanager
+  def interrupted():
+    real_save, real_global_batch = checkpointing.save, parallel.global_batch
+    saved, signalled = [], []
+
+    def save(mngr, step, *args, **kwargs):
+      real_save(mngr, step, *args, **kwargs)
+      if os.path.basename(str(mngr.directory)) == 'checkpoints':
+        saved.append(step)
+
+    def global_batch(mesh, host_batch):
+      if saved and not signalled:
+        signalled.append(True)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), (
+            'the training loop does not catch SIGTERM')
+        signal.raise_signal(signal.SIGTERM)
+      return real_global_batch(mesh, host_batch)
+
+    with monkeypatch.context() as patch:
+      patch.setattr(checkpointing, 'save', save)
+      patch.setattr(parallel, 'global_batch', global_batch)
+      yield saved
+    assert signalled, 'no SIGTERM was sent: the run saved no checkpoint before its end'
+
+  return interrupted

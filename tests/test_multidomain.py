@@ -8,7 +8,6 @@ written by the test.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -264,28 +263,12 @@ def test_two_domain_demo_smoke_trains_evaluates_and_predicts(smoke_run, idx_dir,
 
 
 def test_interrupted_two_domain_run_resumes_to_the_uninterrupted_result(
-    smoke_run, idx_dir, tmp_path, monkeypatch):
+    smoke_run, idx_dir, tmp_path, sigterm_after_first_checkpoint):
   config = _two_domain_config(idx_dir)  # what the command line ran
   workdir = str(tmp_path / 'run')
 
   # SIGTERM while iteration 3 (fashion5's second) runs, after the step-2 checkpoint.
-  real_save, real_global_batch = checkpointing.save, parallel.global_batch
-  saved, signalled = [], []
-
-  def save(mngr, step, *args, **kwargs):
-    real_save(mngr, step, *args, **kwargs)
-    if os.path.basename(str(mngr.directory)) == 'checkpoints':
-      saved.append(step)
-
-  def global_batch(mesh, host_batch):
-    if saved and not signalled:
-      signalled.append(True)
-      signal.raise_signal(signal.SIGTERM)
-    return real_global_batch(mesh, host_batch)
-
-  with monkeypatch.context() as patch:
-    patch.setattr(checkpointing, 'save', save)
-    patch.setattr(parallel, 'global_batch', global_batch)
+  with sigterm_after_first_checkpoint() as saved:
     assert multidomain.train_and_evaluate(config, workdir) == {'stopped_at': 3}
   assert saved == [2, 3]
   assert not os.path.exists(os.path.join(workdir, 'results.json'))

@@ -201,34 +201,16 @@ def test_stop_request_catches_sigint_and_sigterm_and_restores_handlers():
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(
-    smoke_run, tmp_path, monkeypatch):
+    smoke_run, tmp_path, sigterm_after_first_checkpoint):
   config = _demo_config('smoke')  # what the command line ran, 4 steps, checkpoints every 2
   workdir = str(tmp_path / 'run')
 
   # SIGTERM arrives while step 3 runs, after the step-2 checkpoint was written: the run
   # must finish step 3, save it (3 is not a checkpoint_every step) and return.
-  real_save, real_global_batch = checkpointing.save, parallel.global_batch
-  saved, signalled = [], []
-
-  def save(mngr, step, *args, **kwargs):
-    real_save(mngr, step, *args, **kwargs)
-    if os.path.basename(str(mngr.directory)) == 'checkpoints':
-      saved.append(step)
-
-  def global_batch(mesh, host_batch):
-    if saved and not signalled:
-      signalled.append(True)
-      assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), (
-          'the training loop does not catch SIGTERM')
-      signal.raise_signal(signal.SIGTERM)
-    return real_global_batch(mesh, host_batch)
-
   handler = signal.getsignal(signal.SIGTERM)
-  with monkeypatch.context() as patch:
-    patch.setattr(checkpointing, 'save', save)
-    patch.setattr(parallel, 'global_batch', global_batch)
+  with sigterm_after_first_checkpoint() as saved:
     stopped = train.train_and_evaluate(config, workdir)
-  assert signalled and stopped == {'stopped_at': 3}
+  assert stopped == {'stopped_at': 3}
   assert saved == [2, 3]
   assert signal.getsignal(signal.SIGTERM) == handler
   assert not os.path.exists(os.path.join(workdir, 'results_test.json'))

@@ -31,7 +31,6 @@ with the best average val mIoU over the domains, and the final results are each 
 reported split and their average, as Tables 2-3.
 """
 
-import os
 
 import jax
 import ml_collections
@@ -244,14 +243,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   predict_fns = {name: make_predict_fn(config, model, name) for name in names}
 
   # Checkpoints: resume from the latest; the best by average val mIoU lives apart.
-  latest = checkpointing.manager(os.path.join(workdir, 'checkpoints'),
-                                 config.train.max_checkpoints)
-  best = checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1)
-  abstract_state = checkpointing.abstract_with_sharding(state, rep)
-  last_good = checkpointing.latest_step(latest)
-  if last_good is not None:
-    state = checkpointing.restore(latest, abstract_state)
-    logging.info('resumed from step %d in %s', last_good, latest.directory)
+  state, latest, best, abstract_state, last_good = train.open_checkpoints(
+      config.train, workdir, state, rep)
   # Random-access streams: each domain's resume at the iterations it has trained.
   first_step = int(state.step)
   streams = {name: data_factory.make_train_streams(

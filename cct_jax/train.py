@@ -366,6 +366,22 @@ def check_finite(history: list[tuple[int, dict]], last_good: int | None, directo
                                f'{kept}')
 
 
+def open_checkpoints(train_cfg, workdir: str, state, sharding):
+  """A run's checkpoints: `checkpoints/` (the latest `train.max_checkpoints`, to resume
+  from) and `best/` (the best on val). Returns (state, latest, best, abstract_state,
+  last_good): the latest checkpoint's state when there is one (its step: last_good), else
+  `state` and None."""
+  latest = checkpointing.manager(os.path.join(workdir, 'checkpoints'),
+                                 train_cfg.max_checkpoints)
+  best = checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1)
+  abstract_state = checkpointing.abstract_with_sharding(state, sharding)
+  last_good = checkpointing.latest_step(latest)
+  if last_good is not None:
+    state = checkpointing.restore(latest, abstract_state)
+    logging.info('resumed from step %d in %s', last_good, latest.directory)
+  return state, latest, best, abstract_state, last_good
+
+
 def training_loop(train_cfg, writer, state, num_steps: int, train_one, select, latest, best,
                   last_good: int | None, images_per_step: float):
   """The loop both trainers run (this one and multidomain.py's), from `state.step`.
@@ -445,15 +461,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   predict_fn = make_predict_fn(config, model)
 
   # Checkpoints: resume from the latest; the best by val mIoU lives apart.
-  latest = checkpointing.manager(os.path.join(workdir, 'checkpoints'),
-                                 config.train.max_checkpoints)
-  best = checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1)
-  abstract_state = checkpointing.abstract_with_sharding(state, rep)
-  last_good = checkpointing.latest_step(latest)
-  if last_good is not None:
-    state = checkpointing.restore(latest, abstract_state)
-    logging.info('resumed from step %d in %s', last_good, latest.directory)
-  elif config.model.encoder_from:
+  state, latest, best, abstract_state, last_good = open_checkpoints(config.train, workdir,
+                                                                    state, rep)
+  if last_good is None and config.model.encoder_from:
     state = with_encoder_from(state, config.model.encoder_from, mesh)
   # The data streams are random-access: the step alone says where they stand, so resuming
   # needs no iterator state and works with any number of workers, processes or devices.

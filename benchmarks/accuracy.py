@@ -42,6 +42,10 @@ DATASETS = ('tex5', 'fashion5')
 BUDGETS = (25, 50, 100)
 SEEDS = (0, 1, 2)
 ABLATION_DATASET = 'fashion5'  # it has a background, so all seven perturbation types apply
+SETTING = ('configs/demo.py: tiny ResNet (width 8, one block per stage, output stride 4) + PSP '
+           '32 (fashion5: 32-channel decoder blocks), 1200 steps of 8 labelled + 8 unlabelled '
+           '64x64 images, SGD lr 0.1 poly, w_u 10; 4000 unlabelled images; model selected on '
+           'val (200), scored on test (500)')
 
 
 def perturbation_types(dataset: str) -> list[str]:
@@ -131,6 +135,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _row_order(dataset: str, arm: str, labelled: int) -> tuple:
+  """Rows by dataset and budget; the baseline, then CCT, then the variants by name."""
+  main_arms = ('supervised', 'cct')
+  return dataset, labelled, main_arms.index(arm) if arm in main_arms else 2, arm
+
+
 def summarise(records: list[dict]) -> list[dict]:
   """One row per (dataset, arm, budget): test mIoU mean and sample std over seeds (in
   points); CCT rows also carry the paired gain over supervised (same labels, same seed)."""
@@ -138,7 +148,8 @@ def summarise(records: list[dict]) -> list[dict]:
   for r in records:
     groups.setdefault((r['dataset'], r['arm'], r['labelled']), {})[r['seed']] = 100 * r['miou']
   rows = []
-  for (dataset, arm, labelled), by_seed in sorted(groups.items()):
+  for (dataset, arm, labelled), by_seed in sorted(groups.items(),
+                                                 key=lambda item: _row_order(*item[0])):
     mean, std = _mean_std(list(by_seed.values()))
     row = dict(dataset=dataset, arm=arm, labelled=labelled, seeds=sorted(by_seed),
                miou=mean, std=std, per_seed=[by_seed[s] for s in sorted(by_seed)])
@@ -185,7 +196,8 @@ def plot(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def write_outputs(records: list[dict], rows: list[dict], suffix: str, meta: dict) -> None:
+def write_outputs(records: list[dict], rows: list[dict], suffix: str, meta: dict,
+                  verbose: bool) -> None:
   os.makedirs(RESULTS_DIR, exist_ok=True)
   stem = os.path.join(RESULTS_DIR, f'accuracy{suffix}')
   table = markdown(rows)
@@ -194,7 +206,8 @@ def write_outputs(records: list[dict], rows: list[dict], suffix: str, meta: dict
   with open(stem + '.md', 'w') as f:
     f.write(table + '\n')
   plot(rows, os.path.join(DOCS_DIR, f'accuracy{suffix}.png'))
-  print(table)
+  if verbose:
+    print(table)
 
 
 def check_datasets(datasets) -> None:
@@ -242,14 +255,13 @@ def main():
     print(f'[{index}/{len(runs)}] {run.name}: test mIoU {100 * scores["miou"]:.1f} '
           f'({"done before" if was_done else f"{time.time() - began:.0f} s"}{eta})',
           flush=True)
-
-  meta = dict(
-      command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
-      config=CONFIG, setting='configs/demo.py: tiny ResNet (width 8, one block per stage, '
-      'output stride 4) + PSP 32, 1200 steps of 8 labelled + 8 unlabelled 64x64 images, SGD '
-      'lr 0.1 poly, w_u 10; 4000 unlabelled images; model selected on val (200), test 500',
-      minutes_this_invocation=(time.time() - started) / 60)
-  write_outputs(records, summarise(records), '_quick' if args.quick else '', meta)
+    # After every run, so that an interrupted benchmark leaves what it has measured.
+    meta = dict(
+        command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
+        runs_done=f'{index} of {len(runs)}', config=CONFIG, setting=SETTING,
+        minutes_this_invocation=(time.time() - started) / 60)
+    write_outputs(records, summarise(records), '_quick' if args.quick else '', meta,
+                  verbose=index == len(runs))
 
 
 if __name__ == '__main__':

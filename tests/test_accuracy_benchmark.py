@@ -28,7 +28,9 @@ def _record(arm, seed, miou, dataset='tex5', labelled=25):
 def test_summary_means_stds_and_paired_gains():
   records = [_record('supervised', 0, 0.50), _record('supervised', 1, 0.60),
              _record('cct', 0, 0.58), _record('cct', 1, 0.64)]
-  rows = {r['arm']: r for r in accuracy.summarise(records)}
+  rows = accuracy.summarise(records)
+  assert [r['arm'] for r in rows] == ['supervised', 'cct']  # the baseline first
+  rows = {r['arm']: r for r in rows}
   assert rows['supervised']['miou'] == pytest.approx(55.0)
   assert rows['supervised']['std'] == pytest.approx(7.0711, abs=1e-3)  # sample std
   assert rows['cct']['per_seed'] == pytest.approx([58.0, 64.0])

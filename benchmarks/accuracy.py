@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/accuracy.py            # the default set (about 2 h on 2 cores)
   .venv/bin/python benchmarks/accuracy.py --quick    # one seed, smallest budget (< 10 min)
+  .venv/bin/python benchmarks/accuracy.py --baselines  # + Table 4's baselines, loss ablation
 
 The paper's central claim (Table 4, Fig. 5) on the two bundled datasets of SPEC 6: texture
 mosaics (tex5) and Fashion-MNIST scenes (fashion5; needs Debian's `dataset-fashion-mnist`).
@@ -16,6 +17,9 @@ Sets:
   main       supervised vs CCT, each dataset x each labelled budget x each seed
   ablation   at the smallest budget of `ABLATION_DATASET`: each perturbation type alone
              (Fig. 5) and CCT with ab-CE (Eq. 4)
+  baselines  (--baselines) Mean Teacher and input VAT at the two smallest budgets (App. A,
+             Table 4), and at the ablation's budget CCT with KL / JS distances, confidence
+             masking, the pairwise loss and the other ramp shapes (App. B, K)
 
 Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
 back, an interrupted one resumes from its checkpoint: stop and restart at will. Writes
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from cct_jax import perturbations
+from cct_jax import perturbations, schedules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/demo.py'
@@ -57,14 +61,30 @@ def perturbation_types(dataset: str) -> list[str]:
   return [t for t in perturbations.ROSTER_ORDER if counts[t] > 0]
 
 
+# Arm -> its overrides of configs/demo.py (which is CCT with the paper's losses).
+VARIANTS = {
+    'supervised': ['--config.train.mode=supervised'],
+    'cct': [],
+    # App. A, Table 4: consistency on the input instead of the encoder's output.
+    'mean_teacher': ['--config.train.mode=mean_teacher'],
+    'input_vat': ['--config.train.mode=input_vat'],
+    # Eq. 4 and App. B.1, B.2, K: CCT with one loss choice changed.
+    'cct_ab_ce': ['--config.loss.supervised=ab_ce'],
+    'cct_kl': ['--config.loss.unsupervised=kl'],
+    'cct_js': ['--config.loss.unsupervised=js'],
+    'cct_confidence_mask': ['--config.loss.confidence_masking=True'],
+    'cct_pairwise': ['--config.loss.pairwise_weight=1.0'],
+    **{f'cct_ramp_{kind}': [f'--config.loss.ramp={kind}'] for kind in schedules.RAMPS
+       if kind != 'gaussian'},
+}
+LOSS_ABLATION = [arm for arm in VARIANTS if arm.startswith('cct_') and arm != 'cct_ab_ce']
+
+
 def arm_overrides(arm: str) -> list[str]:
-  """The config overrides that make an arm out of configs/demo.py (which is CCT)."""
-  if arm == 'supervised':
-    return ['--config.train.mode=supervised']
-  if arm == 'cct':
-    return []
-  if arm == 'cct_ab_ce':
-    return ['--config.loss.supervised=ab_ce']
+  """The config overrides that make an arm out of configs/demo.py; `only_<type>` keeps one
+  perturbation type (Fig. 5)."""
+  if arm in VARIANTS:
+    return VARIANTS[arm]
   kept = arm.removeprefix('only_')
   if arm.startswith('only_') and kept in perturbations.ROSTER_ORDER:
     return [f'--config.perturbations.counts.{t}=0' for t in perturbations.ROSTER_ORDER
@@ -91,22 +111,32 @@ class Run:
             *arm_overrides(self.arm)]
 
 
-def plan(datasets, budgets, seeds, ablation_seeds) -> list[Run]:
+def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False) -> list[Run]:
   """The runs of the benchmark, the most telling first so that an interrupted benchmark
   has already answered something: the smallest budget (the paper's claim), one seed of
-  each larger budget (the curve), the ablation, then the other seeds."""
+  each larger budget (the curve), the ablation, the other seeds; then, with `baselines`,
+  Mean Teacher and input VAT at the two smallest budgets and the loss ablation."""
+  smallest = min(budgets)
   runs = [Run(d, arm, n, s) for n in budgets for s in seeds for d in datasets
           for arm in ('supervised', 'cct')]
-  if ABLATION_DATASET in datasets and ablation_seeds:
+  ablation = ABLATION_DATASET in datasets and ablation_seeds
+  if ablation:
     arms = [f'only_{t}' for t in perturbation_types(ABLATION_DATASET)] + ['cct_ab_ce']
-    runs += [Run(ABLATION_DATASET, arm, min(budgets), s) for s in ablation_seeds
-             for arm in arms]
+    runs += [Run(ABLATION_DATASET, arm, smallest, s) for s in ablation_seeds for arm in arms]
+  if baselines:
+    runs += [Run(d, arm, n, s) for n in sorted(budgets)[:2] for s in seeds for d in datasets
+             for arm in ('mean_teacher', 'input_vat')]
+    if ablation:
+      runs += [Run(ABLATION_DATASET, arm, smallest, s) for s in ablation_seeds
+               for arm in LOSS_ABLATION]
 
   def priority(run: Run) -> int:
+    if run.arm in ('mean_teacher', 'input_vat') or run.arm in LOSS_ABLATION:
+      return 4
     if run.arm not in ('supervised', 'cct'):
       return 2
-    if run.labelled == min(budgets) or run.seed == seeds[0]:
-      return 0 if run.labelled == min(budgets) else 1
+    if run.labelled == smallest or run.seed == seeds[0]:
+      return 0 if run.labelled == smallest else 1
     return 3
 
   return sorted(runs, key=priority)  # stable: budget, seed, dataset order within a level
@@ -225,6 +255,8 @@ def main():
   parser.add_argument('--datasets', default=','.join(DATASETS))
   parser.add_argument('--budgets', default=','.join(map(str, BUDGETS)))
   parser.add_argument('--seeds', default=','.join(map(str, SEEDS)))
+  parser.add_argument('--baselines', action='store_true',
+                      help='add Mean Teacher and input VAT (Table 4) and the loss ablation')
   parser.add_argument('--ablation_seeds', default='0',
                       help="seeds of the ablation set ('' for none)")
   parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
@@ -234,10 +266,10 @@ def main():
   seeds = [int(s) for s in args.seeds.split(',')]
   ablation_seeds = [int(s) for s in args.ablation_seeds.split(',') if s]
   if args.quick:
-    budgets, seeds, ablation_seeds = [min(budgets)], seeds[:1], []
+    budgets, seeds, ablation_seeds, args.baselines = [min(budgets)], seeds[:1], [], False
   check_datasets(datasets)
 
-  runs = plan(datasets, budgets, seeds, ablation_seeds)
+  runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines)
   records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()

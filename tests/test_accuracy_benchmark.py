@@ -54,7 +54,7 @@ def test_plan_covers_every_budget_seed_and_ablation_arm():
 
 def test_arm_overrides_name_existing_config_fields():
   config = demo.get_config('fashion5')
-  arms = ['supervised', 'cct', 'cct_ab_ce'] + [f'only_{t}' for t in perturbations.ROSTER_ORDER]
+  arms = list(accuracy.VARIANTS) + [f'only_{t}' for t in perturbations.ROSTER_ORDER]
   for arm in arms:
     for override in accuracy.arm_overrides(arm):
       path, value = override.removeprefix('--config.').split('=')
@@ -83,3 +83,15 @@ def test_plan_puts_the_smallest_budget_first():
   first = runs[:2 * 3 * 2]
   assert {(r.labelled, r.seed) for r in first} == {(25, 0), (25, 1), (25, 2)}
   assert {(r.labelled, r.seed) for r in runs[12:20]} == {(50, 0), (100, 0)}
+
+
+def test_baselines_come_after_the_default_set_at_the_two_smallest_budgets():
+  default = accuracy.plan(['tex5', 'fashion5'], [25, 50, 100], [0, 1, 2], [0])
+  runs = accuracy.plan(['tex5', 'fashion5'], [25, 50, 100], [0, 1, 2], [0], baselines=True)
+  assert runs[:len(default)] == default
+  extra = runs[len(default):]
+  assert {(r.arm, r.labelled) for r in extra if r.arm in ('mean_teacher', 'input_vat')} == {
+      (arm, n) for arm in ('mean_teacher', 'input_vat') for n in (25, 50)}
+  losses = {r.arm for r in extra} - {'mean_teacher', 'input_vat'}
+  assert {'cct_kl', 'cct_js', 'cct_confidence_mask', 'cct_pairwise', 'cct_ramp_exp'} <= losses
+  assert 'cct_ramp_gaussian' not in losses  # the default, already CCT's row

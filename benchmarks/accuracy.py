@@ -20,6 +20,9 @@ Sets:
   baselines  (--baselines) Mean Teacher and input VAT at the two smallest budgets (App. A,
              Table 4), and at the ablation's budget CCT with KL / JS distances, confidence
              masking, the pairwise loss and the other ramp shapes (App. B, K)
+  weak       (--weak) at the smallest budget on fashion5, every seed: CCT from an encoder
+             pre-trained on image-level labels, and that plus L_w on its CAM pseudo-labels
+             (sec. 3.3; pseudo-label mIoU before / after the CRF recorded)
 
 Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
 back, an interrupted one resumes from its checkpoint: stop and restart at will. Writes
@@ -78,6 +81,11 @@ VARIANTS = {
        if kind != 'gaussian'},
 }
 LOSS_ABLATION = [arm for arm in VARIANTS if arm.startswith('cct_') and arm != 'cct_ab_ce']
+# Weak image-level labels (sec. 3.3), on fashion5 where CCT finds the items but not their
+# class: CCT from a classification-pretrained encoder, without and with L_w.
+WEAK_ARMS = ('cct_cls_encoder', 'cct_weak')
+WEAK_DATASET = 'fashion5'
+WEAK_CLASSIFIER_STEPS = 800  # AdamW 2e-3: 80% per-label val accuracy on fashion5
 
 
 def arm_overrides(arm: str) -> list[str]:
@@ -103,19 +111,34 @@ class Run:
   def name(self) -> str:
     return f'{self.dataset}/{self.arm}/n{self.labelled}/seed{self.seed}'
 
-  def command(self, workdir: str) -> list[str]:
-    return [sys.executable, '-m', 'cct_jax.main', f'--config={CONFIG}:{self.dataset}',
-            f'--workdir={os.path.join(workdir, self.name)}',
-            f'--config.data.num_labelled={self.labelled}', f'--config.seed={self.seed}',
-            f'--config.data.split_seed={self.seed}', f'--config.data.shuffle_seed={self.seed}',
-            *arm_overrides(self.arm)]
+  def commands(self, workdir: str) -> list[list[str]]:
+    """The command lines of the run, in order; each resumes where it stopped."""
+    folder = os.path.join(workdir, self.name)
+    base = [sys.executable, '-m', 'cct_jax.main', f'--config={CONFIG}:{self.dataset}',
+            f'--workdir={folder}', f'--config.data.num_labelled={self.labelled}',
+            f'--config.seed={self.seed}', f'--config.data.split_seed={self.seed}',
+            f'--config.data.shuffle_seed={self.seed}']
+    if self.arm not in WEAK_ARMS:
+      return [base + arm_overrides(self.arm)]
+    # Sec. 3.3: the encoder pre-trained for image-level classification on the labelled and
+    # the weak set (the unlabelled pool with its image labels), then CCT from it; with
+    # L_w, its CAM pseudo-labels (refined by the CRF) train the auxiliary decoders too.
+    steps = [f'--config.weak.classifier_steps={WEAK_CLASSIFIER_STEPS}']
+    train = [f'--config.model.encoder_from={folder}/classifier']
+    if self.arm == 'cct_weak':
+      train.append(f'--config.data.pseudo_labels={folder}/pseudo_labels/crf')
+      return [base + steps + ['--mode=pretrain_cls'], base + steps + ['--mode=pseudo_labels'],
+              base + steps + train]
+    return [base + steps + ['--mode=pretrain_cls'], base + steps + train]
 
 
-def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False) -> list[Run]:
+def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
+         weak: bool = False) -> list[Run]:
   """The runs of the benchmark, the most telling first so that an interrupted benchmark
   has already answered something: the smallest budget (the paper's claim), one seed of
   each larger budget (the curve), the ablation, the other seeds; then, with `baselines`,
-  Mean Teacher and input VAT at the two smallest budgets and the loss ablation."""
+  Mean Teacher and input VAT at the two smallest budgets and the loss ablation; with
+  `weak`, the weak-label arms at the smallest budget."""
   smallest = min(budgets)
   runs = [Run(d, arm, n, s) for n in budgets for s in seeds for d in datasets
           for arm in ('supervised', 'cct')]
@@ -129,8 +152,12 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False) -> l
     if ablation:
       runs += [Run(ABLATION_DATASET, arm, smallest, s) for s in ablation_seeds
                for arm in LOSS_ABLATION]
+  if weak and WEAK_DATASET in datasets:
+    runs += [Run(WEAK_DATASET, arm, smallest, s) for s in seeds for arm in WEAK_ARMS]
 
   def priority(run: Run) -> int:
+    if run.arm in WEAK_ARMS:
+      return 5
     if run.arm in ('mean_teacher', 'input_vat') or run.arm in LOSS_ABLATION:
       return 4
     if run.arm not in ('supervised', 'cct'):
@@ -143,22 +170,30 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False) -> l
 
 
 def execute(run: Run, workdir: str) -> dict:
-  """The run's test scores: read back when finished, else trained (resuming if begun)."""
+  """The run's test scores (and, with pseudo-labels, their scores): read back when
+  finished, else trained (resuming if begun)."""
   folder = os.path.join(workdir, run.name)
   results_file = os.path.join(folder, 'results_test.json')
   if not os.path.isfile(results_file):
     os.makedirs(folder, exist_ok=True)
     log_file = os.path.join(folder, 'log.txt')
-    with open(log_file, 'a') as log:
-      status = subprocess.run(run.command(workdir), cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT, check=False)
-    if status.returncode != 0 or not os.path.isfile(results_file):
-      with open(log_file) as log:
-        tail = ''.join(log.readlines()[-25:])
-      raise RuntimeError(f'{run.name} failed (exit {status.returncode}); the end of '
-                         f'{log_file}:\n{tail}')
+    for command in run.commands(workdir):
+      with open(log_file, 'a') as log:
+        status = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                check=False)
+      if status.returncode != 0:
+        with open(log_file) as log:
+          tail = ''.join(log.readlines()[-25:])
+        raise RuntimeError(f'{run.name} failed (exit {status.returncode}); the end of '
+                           f'{log_file}:\n{tail}')
   with open(results_file) as f:
-    return json.load(f)
+    scores = json.load(f)
+  pseudo_scores = os.path.join(folder, 'pseudo_labels', 'scores.json')
+  if os.path.isfile(pseudo_scores):
+    with open(pseudo_scores) as f:
+      scores['pseudo_labels'] = {kind: s['miou'] for kind, s in json.load(f).items()
+                                 if isinstance(s, dict) and 'miou' in s}
+  return scores
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -183,6 +218,11 @@ def summarise(records: list[dict]) -> list[dict]:
     mean, std = _mean_std(list(by_seed.values()))
     row = dict(dataset=dataset, arm=arm, labelled=labelled, seeds=sorted(by_seed),
                miou=mean, std=std, per_seed=[by_seed[s] for s in sorted(by_seed)])
+    pseudo = [r['pseudo_labels'] for r in records if 'pseudo_labels' in r and
+              (r['dataset'], r['arm'], r['labelled']) == (dataset, arm, labelled)]
+    if pseudo:  # pseudo-label mIoU (points) before and after the CRF, over the seeds
+      row['pseudo_labels'] = {kind: statistics.fmean(100 * p[kind] for p in pseudo)
+                              for kind in pseudo[0]}
     baseline = groups.get((dataset, 'supervised', labelled), {})
     paired = [by_seed[s] - baseline[s] for s in sorted(by_seed) if s in baseline]
     if arm != 'supervised' and paired:
@@ -199,6 +239,13 @@ def markdown(rows: list[dict]) -> str:
     seeds = ' / '.join(f'{v:.1f}' for v in r['per_seed'])
     lines.append(f"| {r['dataset']} | {r['labelled']} | {r['arm']} | "
                  f"{r['miou']:.1f} +- {r['std']:.1f} | {gain} | {seeds} |")
+  pseudo = [r for r in rows if 'pseudo_labels' in r]
+  if pseudo:
+    lines += ['', '| dataset | labelled | method | pseudo-label mIoU: CAM thresholds | after '
+              'the CRF |', '|---|---|---|---|---|']
+    lines += [f"| {r['dataset']} | {r['labelled']} | {r['arm']} | "
+              f"{r['pseudo_labels']['cam']:.1f} | {r['pseudo_labels']['crf']:.1f} |"
+              for r in pseudo]
   return '\n'.join(lines)
 
 
@@ -257,6 +304,9 @@ def main():
   parser.add_argument('--seeds', default=','.join(map(str, SEEDS)))
   parser.add_argument('--baselines', action='store_true',
                       help='add Mean Teacher and input VAT (Table 4) and the loss ablation')
+  parser.add_argument('--weak', action='store_true',
+                      help='add CCT from a classification-pretrained encoder, without and '
+                      'with weak-label pseudo-labels (sec. 3.3), on fashion5')
   parser.add_argument('--ablation_seeds', default='0',
                       help="seeds of the ablation set ('' for none)")
   parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
@@ -266,19 +316,22 @@ def main():
   seeds = [int(s) for s in args.seeds.split(',')]
   ablation_seeds = [int(s) for s in args.ablation_seeds.split(',') if s]
   if args.quick:
-    budgets, seeds, ablation_seeds, args.baselines = [min(budgets)], seeds[:1], [], False
+    budgets, seeds, ablation_seeds = [min(budgets)], seeds[:1], []
+    args.baselines = args.weak = False
   check_datasets(datasets)
 
-  runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines)
+  runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
+              weak=args.weak)
   records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
     was_done = os.path.isfile(os.path.join(args.workdir, run.name, 'results_test.json'))
     scores = execute(run, args.workdir)
-    command = run.command(os.path.relpath(args.workdir, REPO))
+    commands = run.commands(os.path.relpath(args.workdir, REPO))
     records.append(dict(dataclasses.asdict(run), miou=scores['miou'],
                         per_class_iou=scores['per_class_iou'],
-                        command=' '.join(['python'] + command[1:])))
+                        **{k: v for k, v in scores.items() if k == 'pseudo_labels'},
+                        commands=[' '.join(['python'] + c[1:]) for c in commands]))
     trained += not was_done
     eta = ''
     if trained:

@@ -21,6 +21,16 @@ accuracy = _load('accuracy_benchmark', 'benchmarks/accuracy.py')
 demo = _load('demo_config', 'configs/demo.py')
 
 
+def _assert_config_fields(config, overrides):
+  """Every `--config.a.b=value` names a field of `config` (a typo would stop the run)."""
+  for override in overrides:
+    *parents, leaf = override.removeprefix('--config.').split('=')[0].split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    assert leaf in node, override
+
+
 def _record(arm, seed, miou, dataset='tex5', labelled=25):
   return dict(dataset=dataset, arm=arm, labelled=labelled, seed=seed, miou=miou)
 
@@ -56,13 +66,7 @@ def test_arm_overrides_name_existing_config_fields():
   config = demo.get_config('fashion5')
   arms = list(accuracy.VARIANTS) + [f'only_{t}' for t in perturbations.ROSTER_ORDER]
   for arm in arms:
-    for override in accuracy.arm_overrides(arm):
-      path, value = override.removeprefix('--config.').split('=')
-      *parents, leaf = path.split('.')
-      node = config
-      for part in parents:
-        node = node[part]
-      assert leaf in node, override
+    _assert_config_fields(config, accuracy.arm_overrides(arm))
   only_vat = accuracy.arm_overrides('only_vat')
   assert '--config.perturbations.counts.vat=0' not in only_vat
   assert len(only_vat) == len(perturbations.ROSTER_ORDER) - 1
@@ -95,3 +99,29 @@ def test_baselines_come_after_the_default_set_at_the_two_smallest_budgets():
   losses = {r.arm for r in extra} - {'mean_teacher', 'input_vat'}
   assert {'cct_kl', 'cct_js', 'cct_confidence_mask', 'cct_pairwise', 'cct_ramp_exp'} <= losses
   assert 'cct_ramp_gaussian' not in losses  # the default, already CCT's row
+
+
+def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
+  runs = accuracy.plan(['tex5', 'fashion5'], [25, 50], [0, 1, 2], [], weak=True)
+  weak = [r for r in runs if r.arm in accuracy.WEAK_ARMS]
+  assert {(r.dataset, r.labelled) for r in weak} == {('fashion5', 25)}
+  assert len(weak) == 2 * 3 and runs[-len(weak):] == weak
+  config = demo.get_config('fashion5')
+  full = accuracy.Run('fashion5', 'cct_weak', 25, 1).commands('runs/accuracy')
+  modes = [next((a for a in c if a.startswith('--mode=')), '--mode=train') for c in full]
+  assert modes == ['--mode=pretrain_cls', '--mode=pseudo_labels', '--mode=train']
+  folder = 'runs/accuracy/fashion5/cct_weak/n25/seed1'
+  assert f'--config.data.pseudo_labels={folder}/pseudo_labels/crf' in full[-1]
+  assert f'--config.model.encoder_from={folder}/classifier' in full[-1]
+  for command in full:
+    _assert_config_fields(config, [a for a in command if a.startswith('--config.')])
+  encoder_only = accuracy.Run('fashion5', 'cct_cls_encoder', 25, 1).commands('runs/accuracy')
+  assert len(encoder_only) == 2 and not any('pseudo_labels' in a for a in encoder_only[-1])
+
+
+def test_pseudo_label_scores_are_averaged_and_tabled():
+  records = [dict(_record('cct_weak', s, 0.3, dataset='fashion5'),
+                  pseudo_labels={'cam': 0.40 + s / 100, 'crf': 0.50}) for s in (0, 2)]
+  rows = accuracy.summarise(records)
+  assert rows[0]['pseudo_labels'] == pytest.approx({'cam': 41.0, 'crf': 50.0})
+  assert '| fashion5 | 25 | cct_weak | 41.0 | 50.0 |' in accuracy.markdown(rows)

@@ -23,6 +23,9 @@ Sets:
   weak       (--weak) at the smallest budget on fashion5, every seed: CCT from an encoder
              pre-trained on image-level labels, and that plus L_w on its CAM pseudo-labels
              (sec. 3.3; pseudo-label mIoU before / after the CRF recorded)
+  two domains  (--two_domains) tex5 and fashion5 at once, the smallest budget each, every
+             seed: supervised, CCT and CCT with the adversarial branch (sec. 3.4, App. E);
+             each domain's test mIoU and their average
 
 Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
 back, an interrupted one resumes from its checkpoint: stop and restart at will. Writes
@@ -86,6 +89,12 @@ LOSS_ABLATION = [arm for arm in VARIANTS if arm.startswith('cct_') and arm != 'c
 WEAK_ARMS = ('cct_cls_encoder', 'cct_weak')
 WEAK_DATASET = 'fashion5'
 WEAK_CLASSIFIER_STEPS = 800  # AdamW 2e-3: 80% per-label val accuracy on fashion5
+# Sec. 3.4 on the two bundled domains (disjoint label spaces, like Cityscapes + SUN RGB-D):
+# configs/demo_two_domains.py, each domain's own BN statistics (see README).
+TWO_DOMAINS = 'tex5+fashion5'
+TWO_DOMAIN_CONFIG = 'configs/demo_two_domains.py'
+TWO_DOMAIN_ARMS = {'supervised': ['--config.train.mode=supervised'], 'cct': [],
+                   'cct_adversarial': ['--config.adversarial.enabled=True']}
 
 
 def arm_overrides(arm: str) -> list[str]:
@@ -114,6 +123,14 @@ class Run:
   def commands(self, workdir: str) -> list[list[str]]:
     """The command lines of the run, in order; each resumes where it stopped."""
     folder = os.path.join(workdir, self.name)
+    if self.dataset == TWO_DOMAINS:
+      per_domain = [f'--config.domains.{d}.{field}={value}' for d in self.dataset.split('+')
+                    for field, value in (('num_labelled', self.labelled),
+                                         ('split_seed', self.seed), ('shuffle_seed', self.seed))]
+      return [[sys.executable, '-m', 'cct_jax.main', f'--config={TWO_DOMAIN_CONFIG}',
+               f'--workdir={folder}', f'--config.seed={self.seed}',
+               '--config.domain_batch_stats=True', *per_domain,
+               *TWO_DOMAIN_ARMS[self.arm]]]
     base = [sys.executable, '-m', 'cct_jax.main', f'--config={CONFIG}:{self.dataset}',
             f'--workdir={folder}', f'--config.data.num_labelled={self.labelled}',
             f'--config.seed={self.seed}', f'--config.data.split_seed={self.seed}',
@@ -133,12 +150,13 @@ class Run:
 
 
 def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
-         weak: bool = False) -> list[Run]:
+         weak: bool = False, two_domains: bool = False) -> list[Run]:
   """The runs of the benchmark, the most telling first so that an interrupted benchmark
   has already answered something: the smallest budget (the paper's claim), one seed of
   each larger budget (the curve), the ablation, the other seeds; then, with `baselines`,
   Mean Teacher and input VAT at the two smallest budgets and the loss ablation; with
-  `weak`, the weak-label arms at the smallest budget."""
+  `weak`, the weak-label arms at the smallest budget; with `two_domains`, both bundled
+  domains at once at the smallest budget (each domain that many labels)."""
   smallest = min(budgets)
   runs = [Run(d, arm, n, s) for n in budgets for s in seeds for d in datasets
           for arm in ('supervised', 'cct')]
@@ -154,8 +172,12 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
                for arm in LOSS_ABLATION]
   if weak and WEAK_DATASET in datasets:
     runs += [Run(WEAK_DATASET, arm, smallest, s) for s in seeds for arm in WEAK_ARMS]
+  if two_domains:
+    runs += [Run(TWO_DOMAINS, arm, smallest, s) for s in seeds for arm in TWO_DOMAIN_ARMS]
 
   def priority(run: Run) -> int:
+    if run.dataset == TWO_DOMAINS:
+      return 6
     if run.arm in WEAK_ARMS:
       return 5
     if run.arm in ('mean_teacher', 'input_vat') or run.arm in LOSS_ABLATION:
@@ -169,11 +191,31 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
   return sorted(runs, key=priority)  # stable: budget, seed, dataset order within a level
 
 
+def results_path(run: Run, workdir: str) -> str:
+  """What a finished run leaves: the test scores (results.json: every domain's and their
+  average)."""
+  name = 'results.json' if run.dataset == TWO_DOMAINS else 'results_test.json'
+  return os.path.join(workdir, run.name, name)
+
+
+def records_of(run: Run, scores: dict, commands: list[str]) -> list[dict]:
+  """One record per scored dataset: a two-domain run gives each domain's and the average
+  (as datasets 'tex5+fashion5:tex5', ...:fashion5 and ...:average)."""
+  base = dict(dataclasses.asdict(run), commands=commands)
+  if run.dataset == TWO_DOMAINS:
+    by_domain = {name: s['miou'] for name, s in scores['domains'].items()}
+    by_domain['average'] = scores['miou']
+    return [dict(base, dataset=f'{run.dataset}:{name}', miou=miou)
+            for name, miou in by_domain.items()]
+  return [dict(base, miou=scores['miou'], per_class_iou=scores['per_class_iou'],
+               **{k: v for k, v in scores.items() if k == 'pseudo_labels'})]
+
+
 def execute(run: Run, workdir: str) -> dict:
   """The run's test scores (and, with pseudo-labels, their scores): read back when
   finished, else trained (resuming if begun)."""
   folder = os.path.join(workdir, run.name)
-  results_file = os.path.join(folder, 'results_test.json')
+  results_file = results_path(run, workdir)
   if not os.path.isfile(results_file):
     os.makedirs(folder, exist_ok=True)
     log_file = os.path.join(folder, 'log.txt')
@@ -250,12 +292,15 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-  """mIoU against the labelled count, one panel per dataset, one line per method that
-  was run at more than one budget (error bars: the seed std)."""
+  """mIoU against the labelled count, one panel per dataset run at several budgets, one
+  line per method that was (error bars: the seed std)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  datasets = sorted({r['dataset'] for r in rows})
+  budgets = {}
+  for r in rows:
+    budgets.setdefault(r['dataset'], set()).add(r['labelled'])
+  datasets = sorted(d for d, sizes in budgets.items() if len(sizes) > 1) or sorted(budgets)
   fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.5), squeeze=False)
   for ax, dataset in zip(axes[0], datasets):
     arms = sorted({r['arm'] for r in rows if r['dataset'] == dataset})
@@ -307,6 +352,9 @@ def main():
   parser.add_argument('--weak', action='store_true',
                       help='add CCT from a classification-pretrained encoder, without and '
                       'with weak-label pseudo-labels (sec. 3.3), on fashion5')
+  parser.add_argument('--two_domains', action='store_true',
+                      help='add both bundled domains at once: supervised, CCT, CCT with the '
+                      'adversarial branch (sec. 3.4, App. E)')
   parser.add_argument('--ablation_seeds', default='0',
                       help="seeds of the ablation set ('' for none)")
   parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
@@ -317,21 +365,18 @@ def main():
   ablation_seeds = [int(s) for s in args.ablation_seeds.split(',') if s]
   if args.quick:
     budgets, seeds, ablation_seeds = [min(budgets)], seeds[:1], []
-    args.baselines = args.weak = False
-  check_datasets(datasets)
+    args.baselines = args.weak = args.two_domains = False
+  check_datasets(set(datasets) | ({'fashion5'} if args.two_domains else set()))
 
   runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
-              weak=args.weak)
+              weak=args.weak, two_domains=args.two_domains)
   records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
-    was_done = os.path.isfile(os.path.join(args.workdir, run.name, 'results_test.json'))
+    was_done = os.path.isfile(results_path(run, args.workdir))
     scores = execute(run, args.workdir)
     commands = run.commands(os.path.relpath(args.workdir, REPO))
-    records.append(dict(dataclasses.asdict(run), miou=scores['miou'],
-                        per_class_iou=scores['per_class_iou'],
-                        **{k: v for k, v in scores.items() if k == 'pseudo_labels'},
-                        commands=[' '.join(['python'] + c[1:]) for c in commands]))
+    records += records_of(run, scores, [' '.join(['python'] + c[1:]) for c in commands])
     trained += not was_done
     eta = ''
     if trained:

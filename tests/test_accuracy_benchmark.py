@@ -125,3 +125,22 @@ def test_pseudo_label_scores_are_averaged_and_tabled():
   rows = accuracy.summarise(records)
   assert rows[0]['pseudo_labels'] == pytest.approx({'cam': 41.0, 'crf': 50.0})
   assert '| fashion5 | 25 | cct_weak | 41.0 | 50.0 |' in accuracy.markdown(rows)
+
+
+def test_two_domain_runs_give_each_domain_and_the_average():
+  runs = accuracy.plan(['tex5', 'fashion5'], [25, 50], [0, 1], [], two_domains=True)
+  two = [r for r in runs if r.dataset == accuracy.TWO_DOMAINS]
+  assert {r.arm for r in two} == {'supervised', 'cct', 'cct_adversarial'} and len(two) == 6
+  command = two[0].commands('runs/accuracy')[0]
+  assert f'--config={accuracy.TWO_DOMAIN_CONFIG}' in command
+  assert {'--config.domains.tex5.num_labelled=25', '--config.domains.fashion5.num_labelled=25',
+          '--config.domain_batch_stats=True'} <= set(command)
+  two_domain_config = _load('two_domain_config', accuracy.TWO_DOMAIN_CONFIG).get_config()
+  for run in two:
+    _assert_config_fields(two_domain_config, [
+        a for a in run.commands('w')[0] if a.startswith('--config.')])
+  scores = {'domains': {'tex5': {'miou': 0.6}, 'fashion5': {'miou': 0.3}}, 'miou': 0.45}
+  records = accuracy.records_of(two[0], scores, [])
+  assert {r['dataset']: r['miou'] for r in records} == {
+      'tex5+fashion5:tex5': 0.6, 'tex5+fashion5:fashion5': 0.3, 'tex5+fashion5:average': 0.45}
+  assert accuracy.results_path(two[0], 'w').endswith('results.json')

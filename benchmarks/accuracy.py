@@ -29,7 +29,8 @@ Sets:
 
 Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
 back, an interrupted one resumes from its checkpoint: stop and restart at will. Writes
-benchmarks/results/accuracy[_quick].json and .md and docs/accuracy[_quick].png.
+benchmarks/results/accuracy[_quick].json and .md and docs/accuracy[_quick].png after every
+run; `--report` writes them from the finished runs alone.
 """
 
 import argparse
@@ -355,6 +356,8 @@ def main():
   parser.add_argument('--two_domains', action='store_true',
                       help='add both bundled domains at once: supervised, CCT, CCT with the '
                       'adversarial branch (sec. 3.4, App. E)')
+  parser.add_argument('--report', action='store_true',
+                      help='train nothing: the table and plot of the runs already finished')
   parser.add_argument('--ablation_seeds', default='0',
                       help="seeds of the ablation set ('' for none)")
   parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
@@ -370,6 +373,9 @@ def main():
 
   runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
               weak=args.weak, two_domains=args.two_domains)
+  planned = len(runs)
+  if args.report:
+    runs = [run for run in runs if os.path.isfile(results_path(run, args.workdir))]
   records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
@@ -388,7 +394,7 @@ def main():
     # After every run, so that an interrupted benchmark leaves what it has measured.
     meta = dict(
         command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
-        runs_done=f'{index} of {len(runs)}', config=CONFIG, setting=SETTING,
+        runs_reported=f'{index} of {planned}', config=CONFIG, setting=SETTING,
         minutes_this_invocation=(time.time() - started) / 60)
     write_outputs(records, summarise(records), '_quick' if args.quick else '', meta,
                   verbose=index == len(runs))

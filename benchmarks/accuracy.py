@@ -311,7 +311,8 @@ def plot(rows: list[dict], path: str) -> None:
       if len(points) > 1 or len(arms) <= 2:
         x, y, err = zip(*points)
         ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=arm)
-    ax.set(title=dataset, xlabel='labelled images', ylabel='test mIoU (%)')
+    ax.set(title=dataset, xlabel='labelled images', ylabel='test mIoU (%)',
+           xticks=sorted(budgets[dataset]))
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()

@@ -278,10 +278,11 @@ def markdown(rows: list[dict]) -> str:
   lines = ['| dataset | labelled | method | test mIoU (mean +- std) | gain over supervised '
            '(paired) | per seed |', '|---|---|---|---|---|---|']
   for r in rows:
-    gain = f"{r['gain']:+.1f} +- {r['gain_std']:.1f}" if 'gain' in r else ''
+    spread = lambda std: f' +- {std:.1f}' if len(r['seeds']) > 1 else ' (one seed)'
+    gain = f"{r['gain']:+.1f}{spread(r['gain_std'])}" if 'gain' in r else ''
     seeds = ' / '.join(f'{v:.1f}' for v in r['per_seed'])
     lines.append(f"| {r['dataset']} | {r['labelled']} | {r['arm']} | "
-                 f"{r['miou']:.1f} +- {r['std']:.1f} | {gain} | {seeds} |")
+                 f"{r['miou']:.1f}{spread(r['std'])} | {gain} | {seeds} |")
   pseudo = [r for r in rows if 'pseudo_labels' in r]
   if pseudo:
     lines += ['', '| dataset | labelled | method | pseudo-label mIoU: CAM thresholds | after '

@@ -50,6 +50,8 @@ def test_summary_means_stds_and_paired_gains():
   assert 'gain' not in rows['supervised']
   table = accuracy.markdown(accuracy.summarise(records))
   assert '| tex5 | 25 | cct | 61.0 +- 4.2 | +6.0 +- 2.8 | 58.0 / 64.0 |' in table
+  one_seed = accuracy.markdown(accuracy.summarise(records[::2]))  # seed 0 only: no spread
+  assert '| tex5 | 25 | cct | 58.0 (one seed) | +8.0 (one seed) | 58.0 |' in one_seed
 
 
 def test_plan_covers_every_budget_seed_and_ablation_arm():

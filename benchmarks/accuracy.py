@@ -87,7 +87,7 @@ VARIANTS = {
 LOSS_ABLATION = [arm for arm in VARIANTS if arm.startswith('cct_') and arm != 'cct_ab_ce']
 # Weak image-level labels (sec. 3.3), on fashion5 where CCT finds the items but not their
 # class: CCT from a classification-pretrained encoder, without and with L_w.
-WEAK_ARMS = ('cct_cls_encoder', 'cct_weak')
+WEAK_ARMS = ('cct_weak', 'cct_cls_encoder')
 WEAK_DATASET = 'fashion5'
 WEAK_CLASSIFIER_STEPS = 800  # AdamW 2e-3: 80% per-label val accuracy on fashion5
 # Sec. 3.4 on the two bundled domains (disjoint label spaces, like Cityscapes + SUN RGB-D):
@@ -133,21 +133,28 @@ class Run:
                '--config.domain_batch_stats=True', *per_domain,
                *TWO_DOMAIN_ARMS[self.arm]]]
     base = [sys.executable, '-m', 'cct_jax.main', f'--config={CONFIG}:{self.dataset}',
-            f'--workdir={folder}', f'--config.data.num_labelled={self.labelled}',
-            f'--config.seed={self.seed}', f'--config.data.split_seed={self.seed}',
-            f'--config.data.shuffle_seed={self.seed}']
+            f'--config.data.num_labelled={self.labelled}', f'--config.seed={self.seed}',
+            f'--config.data.split_seed={self.seed}', f'--config.data.shuffle_seed={self.seed}']
     if self.arm not in WEAK_ARMS:
-      return [base + arm_overrides(self.arm)]
+      return [base + [f'--workdir={folder}'] + arm_overrides(self.arm)]
     # Sec. 3.3: the encoder pre-trained for image-level classification on the labelled and
     # the weak set (the unlabelled pool with its image labels), then CCT from it; with
     # L_w, its CAM pseudo-labels (refined by the CRF) train the auxiliary decoders too.
-    steps = [f'--config.weak.classifier_steps={WEAK_CLASSIFIER_STEPS}']
-    train = [f'--config.model.encoder_from={folder}/classifier']
+    # Both weak arms of a seed share one classifier and its pseudo-labels (the commands
+    # skip what is done).
+    prep = weak_prep_folder(self, workdir)
+    prepare = [f'--workdir={prep}', f'--config.weak.classifier_steps={WEAK_CLASSIFIER_STEPS}']
+    commands = [base + prepare + ['--mode=pretrain_cls']]
+    train = base + [f'--workdir={folder}', f'--config.model.encoder_from={prep}/classifier']
     if self.arm == 'cct_weak':
-      train.append(f'--config.data.pseudo_labels={folder}/pseudo_labels/crf')
-      return [base + steps + ['--mode=pretrain_cls'], base + steps + ['--mode=pseudo_labels'],
-              base + steps + train]
-    return [base + steps + ['--mode=pretrain_cls'], base + steps + train]
+      commands.append(base + prepare + ['--mode=pseudo_labels'])
+      train.append(f'--config.data.pseudo_labels={prep}/pseudo_labels/crf')
+    return commands + [train]
+
+
+def weak_prep_folder(run: Run, workdir: str) -> str:
+  """The classifier and pseudo-labels of a weak-label run's labels and seed."""
+  return os.path.join(workdir, run.dataset, 'weak_prep', f'n{run.labelled}', f'seed{run.seed}')
 
 
 def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
@@ -172,7 +179,7 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
       runs += [Run(ABLATION_DATASET, arm, smallest, s) for s in ablation_seeds
                for arm in LOSS_ABLATION]
   if weak and WEAK_DATASET in datasets:
-    runs += [Run(WEAK_DATASET, arm, smallest, s) for s in seeds for arm in WEAK_ARMS]
+    runs += [Run(WEAK_DATASET, arm, smallest, s) for arm in WEAK_ARMS for s in seeds]
   if two_domains:
     runs += [Run(TWO_DOMAINS, arm, smallest, s) for s in seeds for arm in TWO_DOMAIN_ARMS]
 
@@ -231,8 +238,8 @@ def execute(run: Run, workdir: str) -> dict:
                            f'{log_file}:\n{tail}')
   with open(results_file) as f:
     scores = json.load(f)
-  pseudo_scores = os.path.join(folder, 'pseudo_labels', 'scores.json')
-  if os.path.isfile(pseudo_scores):
+  pseudo_scores = os.path.join(weak_prep_folder(run, workdir), 'pseudo_labels', 'scores.json')
+  if run.arm == 'cct_weak' and os.path.isfile(pseudo_scores):
     with open(pseudo_scores) as f:
       scores['pseudo_labels'] = {kind: s['miou'] for kind, s in json.load(f).items()
                                  if isinstance(s, dict) and 'miou' in s}

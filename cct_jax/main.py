@@ -22,6 +22,7 @@ Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process
 import os
 
 from absl import app, flags
+import jax
 from ml_collections import config_flags
 
 from cct_jax import data, multidomain, parallel, predict, summary, train, writers
@@ -43,6 +44,12 @@ flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
 flags.DEFINE_string('coordinator_address', None, 'multihost: HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', None, 'multihost: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'multihost: this process, 0 .. num_processes - 1.')
+flags.DEFINE_string(
+    'compilation_cache',
+    os.environ.get('CCT_COMPILATION_CACHE',
+                   os.path.join(os.path.expanduser('~'), '.cache', 'cct_jax', 'xla')),
+    "XLA's persistent compilation cache: a second run of the same shapes skips compiling "
+    "(default: $CCT_COMPILATION_CACHE or ~/.cache/cct_jax/xla; '' turns it off).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -50,6 +57,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_library_logs()
+  if FLAGS.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
   if FLAGS.multihost or FLAGS.coordinator_address:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)

@@ -112,13 +112,16 @@ def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
   full = accuracy.Run('fashion5', 'cct_weak', 25, 1).commands('runs/accuracy')
   modes = [next((a for a in c if a.startswith('--mode=')), '--mode=train') for c in full]
   assert modes == ['--mode=pretrain_cls', '--mode=pseudo_labels', '--mode=train']
-  folder = 'runs/accuracy/fashion5/cct_weak/n25/seed1'
-  assert f'--config.data.pseudo_labels={folder}/pseudo_labels/crf' in full[-1]
-  assert f'--config.model.encoder_from={folder}/classifier' in full[-1]
+  prep = 'runs/accuracy/fashion5/weak_prep/n25/seed1'
+  assert [a for c in full for a in c if a.startswith('--workdir=')] == [
+      f'--workdir={prep}', f'--workdir={prep}', '--workdir=runs/accuracy/fashion5/cct_weak/n25/seed1']
+  assert f'--config.data.pseudo_labels={prep}/pseudo_labels/crf' in full[-1]
+  assert f'--config.model.encoder_from={prep}/classifier' in full[-1]
   for command in full:
     _assert_config_fields(config, [a for a in command if a.startswith('--config.')])
   encoder_only = accuracy.Run('fashion5', 'cct_cls_encoder', 25, 1).commands('runs/accuracy')
   assert len(encoder_only) == 2 and not any('pseudo_labels' in a for a in encoder_only[-1])
+  assert encoder_only[0] == full[0]  # one classifier serves both arms of a seed
 
 
 def test_pseudo_label_scores_are_averaged_and_tabled():

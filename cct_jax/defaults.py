@@ -26,6 +26,9 @@ def model_config() -> ml_collections.ConfigDict:
       psp_bins=(1, 2, 3, 6),
       decoder_final_relu=True,
       decoder_width=0,  # channels of the decoders' upsampling blocks; 0: the class count
+      # 'bfloat16': mixed precision (computation in bf16; parameters, optimiser state,
+      # batch statistics and losses in float32)
+      dtype='float32',
       pretrained='',  # an .npz from tools/convert_torch_resnet.py; '' trains from scratch
       encoder_from='',  # a --mode=pretrain_cls folder (<workdir>/classifier): its encoder
   ))

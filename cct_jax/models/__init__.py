@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping
 
+import jax.numpy as jnp
+
 from cct_jax.models.cct import CCT, Encoder, init_variables
 from cct_jax.models.classifier import Classifier, class_activation_maps
 from cct_jax.models.multidomain import MultiDomainCCT
@@ -16,6 +18,7 @@ def encoder_from_config(model_cfg) -> Encoder:
       output_stride=model_cfg.output_stride,
       psp_features=model_cfg.psp_features,
       psp_bins=tuple(model_cfg.psp_bins),
+      dtype=jnp.dtype(model_cfg.dtype),
   )
 
 

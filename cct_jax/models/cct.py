@@ -62,11 +62,15 @@ class Encoder(nn.Module):
   output_stride: int = 8
   psp_features: int = 512
   psp_bins: Sequence[int] = (1, 2, 3, 6)
+  # Of the computation (bfloat16: mixed precision); parameters and batch statistics stay
+  # float32, and CCT returns float32 logits, so losses are computed in float32.
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, name='trunk')(x, train)
-    return PSP(self.psp_features, self.psp_bins, name='psp')(x, train)
+    x = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, self.dtype,
+               name='trunk')(x.astype(self.dtype), train)
+    return PSP(self.psp_features, self.psp_bins, self.dtype, name='psp')(x, train)
 
 
 def perturbation_type_key(key: jax.Array, name: str) -> jax.Array:
@@ -91,6 +95,7 @@ class DecoderStack(nn.Module):
   final_relu: bool = True
   num_upsamples: int = 3
   decoder_width: int = 0
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
@@ -98,7 +103,7 @@ class DecoderStack(nn.Module):
     """Returns the stacked auxiliary logits (count, B, 8h, 8w, C)."""
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
     decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu,
-                      self.decoder_width, parent=None)
+                      self.decoder_width, self.dtype, parent=None)
     init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
         jax.random.split(rng, self.count))
     stack = self.param('decoders', init_stack)
@@ -117,6 +122,7 @@ class AuxiliaryDecoders(nn.Module):
   final_relu: bool = True
   num_upsamples: int = 3
   decoder_width: int = 0
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation]):
@@ -124,7 +130,7 @@ class AuxiliaryDecoders(nn.Module):
     for name, count in self.counts.items():
       if count > 0:
         stack = DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
-                             self.decoder_width, name=name)
+                             self.decoder_width, self.dtype, name=name)
         aux[name] = stack(z, perturbation_type_key(key, name), main_logits, perturbations[name])
     return aux
 
@@ -136,6 +142,7 @@ class CCT(nn.Module):
   aux maps each perturbation type to its stacked logits (K, B, H, W, C), and is empty when
   no perturbations are given (labelled batches, evaluation). The main prediction reaches
   the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
+  The decoders compute in the encoder's dtype; the logits come back in float32.
   """
   num_classes: int
   encoder: Encoder = Encoder()
@@ -145,10 +152,11 @@ class CCT(nn.Module):
 
   def setup(self):
     upsamples = decoder_upsamples(self.encoder.output_stride)
+    dtype = self.encoder.dtype
     self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu,
-                                self.decoder_width)
+                                self.decoder_width, dtype)
     self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
-                                          self.final_relu, upsamples, self.decoder_width)
+                                          self.final_relu, upsamples, self.decoder_width, dtype)
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
@@ -164,8 +172,8 @@ class CCT(nn.Module):
     aux = {}
     if perturbations is not None:
       aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
-    aux = {name: resize_logits(logits, size) for name, logits in aux.items()}
-    return resize_logits(main_logits, size), aux
+    to_output = lambda logits: resize_logits(logits.astype(jnp.float32), size)
+    return to_output(main_logits), {name: to_output(logits) for name, logits in aux.items()}
 
 
 def init_variables(model: CCT, key: jax.Array, image_shape: Sequence[int]):

@@ -60,16 +60,18 @@ class Decoder(nn.Module):
   num_upsamples: int = 3
   final_relu: bool = True
   width: int = 0
+  dtype: jnp.dtype = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     hidden = self.width or self.num_classes
     x = nn.Dense(hidden, use_bias=False, kernel_init=nn.initializers.he_normal(),
-                 name='conv_in')(z)
+                 dtype=self.dtype, name='conv_in')(z)
     for i in range(self.num_upsamples):
       last = i == self.num_upsamples - 1
       x = nn.Dense(4 * (self.num_classes if last else hidden), kernel_init=icnr_init(),
-                   bias_init=torch_default_bias_init(x.shape[-1]), name=f'upsample_{i}')(x)
+                   bias_init=torch_default_bias_init(x.shape[-1]), dtype=self.dtype,
+                   name=f'upsample_{i}')(x)
       if self.final_relu or not last:
         x = nn.relu(x)
       x = pixel_shuffle(x)

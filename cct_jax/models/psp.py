@@ -37,16 +37,18 @@ class PSP(nn.Module):
   """Per bin: pool -> 1x1 conv -> BN -> ReLU -> bilinear back; concat; 3x3 conv -> BN -> ReLU."""
   features: int = 512
   bins: Sequence[int] = (1, 2, 3, 6)
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = functools.partial(BatchNorm, use_running_average=not train)
+    norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype)
     b, h, w, _ = x.shape
     pyramid = [x]
     for i, bins in enumerate(self.bins):
-      y = conv(self.features, 1, name=f'stage{i}_conv')(adaptive_avg_pool(x, bins))
+      y = conv_(self.features, 1, name=f'stage{i}_conv')(adaptive_avg_pool(x, bins))
       y = nn.relu(norm(name=f'stage{i}_bn')(y))
       # Upsampling with half-pixel centres is PyTorch's align_corners=False.
       pyramid.append(jax.image.resize(y, (b, h, w, self.features), 'bilinear'))
-    y = conv(self.features, 3, name='bottleneck_conv')(jnp.concatenate(pyramid, axis=-1))
+    y = conv_(self.features, 3, name='bottleneck_conv')(jnp.concatenate(pyramid, axis=-1))
     return nn.relu(norm(name='bottleneck_bn')(y))

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
@@ -22,13 +23,15 @@ BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 _EXPANSION = 4
 
 
-def conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, name: str | None = None):
-  """A bias-free conv with PyTorch's symmetric padding `dilation * (kernel // 2)`."""
+def conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, name: str | None = None,
+         dtype=jnp.float32):
+  """A bias-free conv with PyTorch's symmetric padding `dilation * (kernel // 2)`, computing
+  in `dtype` (its kernel is stored in float32 whatever `dtype` is)."""
   pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                  kernel_dilation=dilation, use_bias=False,
                  kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-                 name=name)
+                 dtype=dtype, name=name)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -41,17 +44,19 @@ class Bottleneck(nn.Module):
   stride: int = 1
   dilation: int = 1
   train: bool = False
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    norm = functools.partial(BatchNorm, use_running_average=not self.train)
+    norm = functools.partial(BatchNorm, use_running_average=not self.train, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype)
     out_features = self.planes * _EXPANSION
-    y = nn.relu(norm(name='bn1')(conv(self.planes, 1, name='conv1')(x)))
-    y = conv(self.planes, 3, self.stride, self.dilation, name='conv2')(y)
+    y = nn.relu(norm(name='bn1')(conv_(self.planes, 1, name='conv1')(x)))
+    y = conv_(self.planes, 3, self.stride, self.dilation, name='conv2')(y)
     y = nn.relu(norm(name='bn2')(y))
-    y = norm(name='bn3')(conv(out_features, 1, name='conv3')(y))
+    y = norm(name='bn3')(conv_(out_features, 1, name='conv3')(y))
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = conv(out_features, 1, self.stride, name='downsample_conv')(x)
+      x = conv_(out_features, 1, self.stride, name='downsample_conv')(x)
       x = norm(name='downsample_bn')(x)
     return nn.relu(x + y)
 
@@ -82,17 +87,19 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = 'deep'
   output_stride: int = 8
+  dtype: jnp.dtype = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False):
-    norm = functools.partial(BatchNorm, use_running_average=not train)
+    norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype)
     stages = {}
     if self.stem == 'deep':
-      x = nn.relu(norm(name='bn1')(conv(self.width, 3, 2, name='conv1')(x)))
-      x = nn.relu(norm(name='bn2')(conv(self.width, 3, name='conv2')(x)))
-      x = nn.relu(norm(name='bn3')(conv(2 * self.width, 3, name='conv3')(x)))
+      x = nn.relu(norm(name='bn1')(conv_(self.width, 3, 2, name='conv1')(x)))
+      x = nn.relu(norm(name='bn2')(conv_(self.width, 3, name='conv2')(x)))
+      x = nn.relu(norm(name='bn3')(conv_(2 * self.width, 3, name='conv3')(x)))
     elif self.stem == 'torchvision':
-      x = nn.relu(norm(name='bn1')(conv(self.width, 7, 2, name='conv1')(x)))
+      x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
     else:
       raise ValueError(f"stem must be 'deep' or 'torchvision', got {self.stem!r}")
     stages['stem'] = x = max_pool_3x3_s2(x)
@@ -102,7 +109,7 @@ class ResNet(nn.Module):
         zip(self.stage_sizes, layout, strict=True)):
       for j in range(num_blocks):
         x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
-                       first_dilation if j == 0 else dilation, train,
+                       first_dilation if j == 0 else dilation, train, self.dtype,
                        name=f'layer{i + 1}_{j}')(x)
       stages[f'layer{i + 1}'] = x
     return (x, stages) if return_stages else x

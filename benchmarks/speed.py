@@ -51,6 +51,34 @@ def median_seconds(fn, warmup: int, repeats: int) -> float:
   return statistics.median(times)
 
 
+def profile_one_step(run, directory: str, top: int = 20) -> dict:
+  """Where one step's time goes: jax.profiler's trace of a call, the step's XLA ops summed
+  by kind (the name without its number: `convolution`, `ynn_fusion`, `loop_fusion`, ...),
+  in thread-seconds (2 threads can run ops at once), the largest first."""
+  import glob
+  import gzip
+  import re
+
+  import jax
+
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    run()
+  path = max(glob.glob(os.path.join(directory, '**', '*perfetto_trace.json.gz'), recursive=True),
+             key=os.path.getmtime)
+  with gzip.open(path) as f:
+    events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  by_kind: dict[str, float] = {}
+  for event in events:
+    op = event.get('args', {}).get('hlo_op')
+    if event.get('ph') == 'X' and op and event['args'].get('hlo_module') == 'jit_step_fn':
+      kind = re.sub(r'\.\d+$', '', op)
+      by_kind[kind] = by_kind.get(kind, 0.0) + event['dur'] / 1e6
+  ranked = sorted(by_kind.items(), key=lambda item: -item[1])
+  return {'trace': path, 'thread_seconds': sum(by_kind.values()),
+          'top_op_kinds': [{'kind': k, 'thread_seconds': t} for k, t in ranked[:top]]}
+
+
 def measure(spec: dict) -> dict:
   """One child's measurements (see the module docstring); runs in a fresh process."""
   import jax
@@ -95,26 +123,29 @@ def measure(spec: dict) -> dict:
 
     seconds = median_seconds(run, spec['warmup'], spec['repeats'])
     flops = float((compiled.cost_analysis() or {}).get('flops', 0.0))
+    if spec['profile'] and mode == 'semi' and counts is None:
+      result['profile'] = profile_one_step(run, spec['profile'])
     return model, holder[0], seconds, compile_s, flops
 
   full_roster = dict(config.perturbations.counts)
   model, state, semi_s, compile_s, flops = train_step('semi')
   result.update(semi_step_s=semi_s, semi_compile_s=compile_s, semi_flops=flops,
                 semi_images_per_s=2 * batch / semi_s)
-  num_aux = sum(full_roster.values())
-  _, _, one_s, _, _ = train_step('semi', {name: int(name == 'feature_noise')
-                                          for name in full_roster})
-  result.update(one_decoder_step_s=one_s,
-                aux_share=(semi_s - one_s) / semi_s * num_aux / (num_aux - 1))
-  config.perturbations.counts = full_roster
-  _, _, sup_s, _, _ = train_step('supervised')
-  result.update(supervised_step_s=sup_s, supervised_images_per_s=batch / sup_s)
+  if not spec['semi_only']:
+    num_aux = sum(full_roster.values())
+    _, _, one_s, _, _ = train_step('semi', {name: int(name == 'feature_noise')
+                                            for name in full_roster})
+    result.update(one_decoder_step_s=one_s,
+                  aux_share=(semi_s - one_s) / semi_s * num_aux / (num_aux - 1))
+    config.perturbations.counts = full_roster
+    _, _, sup_s, _, _ = train_step('supervised')
+    result.update(supervised_step_s=sup_s, supervised_images_per_s=batch / sup_s)
 
-  predict = train.make_predict_fn(config, model)
-  images = labelled['image']
-  infer_s = median_seconds(lambda: jax.block_until_ready(predict(state, images)),
-                           spec['warmup'], spec['repeats'])
-  result.update(inference_s=infer_s, inference_images_per_s=batch / infer_s)
+    predict = train.make_predict_fn(config, model)
+    images = labelled['image']
+    infer_s = median_seconds(lambda: jax.block_until_ready(predict(state, images)),
+                             spec['warmup'], spec['repeats'])
+    result.update(inference_s=infer_s, inference_images_per_s=batch / infer_s)
 
   # The machine's peak for this dtype: a large matmul on one device, all threads busy.
   dtype = jnp.dtype(spec['dtype'])
@@ -172,7 +203,8 @@ def table(rows: list[dict]) -> str:
   head = '| ' + ' | '.join(name for name, _ in COLUMNS) + ' |'
   lines = [head, '|' + '---|' * len(COLUMNS)]
   for row in rows:
-    lines.append('| ' + ' | '.join(fmt.format(row[name]) for name, fmt in COLUMNS) + ' |')
+    lines.append('| ' + ' | '.join(fmt.format(row[name]) if name in row else '-'
+                                   for name, fmt in COLUMNS) + ' |')
   return '\n'.join(lines)
 
 
@@ -186,6 +218,10 @@ def main():
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--xla_flags', default='', help='added to $XLA_FLAGS of every child')
+  parser.add_argument('--profile', default='',
+                      help='a folder: trace one semi step there; the JSON gets its top ops')
+  parser.add_argument('--semi_only', action='store_true',
+                      help='only the semi-supervised step (to compare XLA flags quickly)')
   parser.add_argument('--reference', action='store_true')
   parser.add_argument('--cct_ref', default='', help='the authors\' code (default: $CCT_REF)')
   parser.add_argument('--torch_python', default='/tmp/torch-ref/bin/python')
@@ -202,7 +238,9 @@ def main():
     for dtype in args.dtypes.split(','):
       for devices in map(int, args.devices.split(',')):
         spec = dict(model=model, dtype=dtype, devices=devices, batch=args.batch,
-                    size=args.size, warmup=args.warmup, repeats=args.repeats)
+                    size=args.size, warmup=args.warmup, repeats=args.repeats,
+                    semi_only=args.semi_only,
+                    profile=args.profile and os.path.abspath(args.profile))
         print(f'measuring {spec} ...', file=sys.stderr, flush=True)
         rows.append(dict(spec, **run_child(spec, args.xla_flags)))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
@@ -216,7 +254,7 @@ def main():
     output['reference'] = ref
     ours = next((r for r in rows if (r['model'], r['dtype'], r['devices']) ==
                  ('full', 'float32', 1)), None)
-    if ours is not None and (args.batch, args.size) == (2, 321):
+    if ours is not None and 'inference_s' in ours and (args.batch, args.size) == (2, 321):
       output['ratio_jax_over_pytorch'] = {
           'train_step': ours['semi_step_s'] / ref['train_step_s'],
           'inference': ours['inference_s'] / ref['inference_s']}

@@ -12,8 +12,10 @@ CPU device count, one child process measures (so that device count, XLA flags an
 memory are its own):
   - the semi-supervised train step, the supervised step and inference (whole image, 2 images
     or the labelled batch size): median wall seconds per call after warm-up, images/s;
-  - compile time of the semi step, its FLOPs from XLA's cost analysis and the achieved
-    FLOP/s, as a fraction of the machine's peak (a large matmul, timed in the same child);
+  - compile time of the semi step, its FLOPs from XLA's cost analysis against the model's
+    own (the convolutions and matmuls of the step's jaxpr, before XLA rewrites it), and the
+    achieved FLOP/s, as a fraction of the machine's peak (a large matmul, timed in the same
+    child);
   - the auxiliary decoders' share of the semi step: the step with all 30 decoders against
     the same step with one F-Noise decoder, (t30 - t1) / t30 x 30 / 29;
   - peak resident memory of the child.
@@ -49,6 +51,32 @@ def median_seconds(fn, warmup: int, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def jaxpr_flops(jaxpr) -> float:
+  """The multiply-adds (x2) of every convolution and matmul in a jaxpr, sub-jaxprs
+  included: the model's own FLOPs as written, before XLA's rewrites."""
+  import math
+
+  import jax.extend as jex
+
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      rhs = eqn.invars[1].aval.shape
+      rhs_spec = eqn.params['dimension_numbers'].rhs_spec
+      taps = math.prod(rhs[d] for d in rhs_spec[2:]) * rhs[rhs_spec[1]]
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * taps
+    elif name == 'dot_general':
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contracting)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        if isinstance(sub, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
+          total += jaxpr_flops(getattr(sub, 'jaxpr', sub))
+  return total
 
 
 def profile_one_step(run, directory: str, top: int = 20) -> dict:
@@ -110,8 +138,9 @@ def measure(spec: dict) -> dict:
       config.perturbations.counts = counts
     model = models.model_from_config(config.model, train.aux_counts(config))
     state = train.create_train_state(config, model, 1000, mesh)
-    step = jax.jit(train.make_train_step(config, model, 1000), in_shardings=(rep, sharded, sharded),
-                   out_shardings=(rep, rep), donate_argnums=0)
+    step_fn = train.make_train_step(config, model, 1000)
+    step = jax.jit(step_fn, in_shardings=(rep, sharded, sharded), out_shardings=(rep, rep),
+                   donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, labelled, unlabelled).compile()
     compile_s = time.perf_counter() - start
@@ -123,8 +152,11 @@ def measure(spec: dict) -> dict:
 
     seconds = median_seconds(run, spec['warmup'], spec['repeats'])
     flops = float((compiled.cost_analysis() or {}).get('flops', 0.0))
-    if spec['profile'] and mode == 'semi' and counts is None:
-      result['profile'] = profile_one_step(run, spec['profile'])
+    if mode == 'semi' and counts is None:
+      result['model_flops'] = jaxpr_flops(
+          jax.make_jaxpr(step_fn)(holder[0], labelled, unlabelled).jaxpr)
+      if spec['profile']:
+        result['profile'] = profile_one_step(run, spec['profile'])
     return model, holder[0], seconds, compile_s, flops
 
   full_roster = dict(config.perturbations.counts)
@@ -195,6 +227,7 @@ def reference(args) -> dict:
 COLUMNS = (('model', '{}'), ('dtype', '{}'), ('devices', '{}'), ('semi_step_s', '{:.2f}'),
            ('semi_images_per_s', '{:.2f}'), ('supervised_step_s', '{:.2f}'),
            ('inference_s', '{:.2f}'), ('semi_compile_s', '{:.0f}'), ('aux_share', '{:.0%}'),
+           ('semi_flops', '{:.3g}'), ('model_flops', '{:.3g}'),
            ('achieved_flops_per_s', '{:.3g}'), ('fraction_of_peak', '{:.0%}'),
            ('peak_rss_gb', '{:.2f}'))
 

@@ -28,7 +28,9 @@ Sets:
              each domain's test mIoU and their average
 
 Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
-back, an interrupted one resumes from its checkpoint: stop and restart at will. Writes
+back, from its folder or, when that is gone (a fresh checkout), from the results JSON if it
+records the run with the same commands (`--fresh` trains it again); an interrupted one
+resumes from its checkpoint: stop and restart at will. Writes
 benchmarks/results/accuracy[_quick].json and .md and docs/accuracy[_quick].png after every
 run; `--report` writes them from the finished runs alone.
 """
@@ -219,6 +221,35 @@ def records_of(run: Run, scores: dict, commands: list[str]) -> list[dict]:
                **{k: v for k, v in scores.items() if k == 'pseudo_labels'})]
 
 
+def command_lines(run: Run, workdir: str) -> list[str]:
+  """The run's commands as the JSON records them (workdir relative to the repository)."""
+  return [' '.join(['python'] + c[1:]) for c in run.commands(os.path.relpath(workdir, REPO))]
+
+
+def recorded_scores(run: Run, records: list[dict], commands: list[str]) -> dict | None:
+  """The scores an earlier invocation recorded for `run` with the same commands (so the
+  same config), as `execute` returns them; None when it has none. The JSON outlives the
+  run folders (runs/ is not kept), so a fresh checkout does not train them again."""
+  mine = [r for r in records if r['commands'] == commands and r['dataset'].split(':')[0] ==
+          run.dataset and (r['arm'], r['labelled'], r['seed']) == (run.arm, run.labelled,
+                                                                   run.seed)]
+  if not mine:
+    return None
+  if run.dataset == TWO_DOMAINS:
+    by_domain = {r['dataset'].split(':')[1]: r['miou'] for r in mine}
+    return dict(miou=by_domain.pop('average'),
+                domains={name: dict(miou=miou) for name, miou in by_domain.items()})
+  return {k: v for k, v in mine[0].items()
+          if k in ('miou', 'per_class_iou', 'pseudo_labels')}
+
+
+def load_records(path: str) -> list[dict]:
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return json.load(f)['runs']
+
+
 def execute(run: Run, workdir: str) -> dict:
   """The run's test scores (and, with pseudo-labels, their scores): read back when
   finished, else trained (resuming if begun)."""
@@ -328,16 +359,20 @@ def plot(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def write_outputs(records: list[dict], rows: list[dict], suffix: str, meta: dict,
+def results_stem(quick: bool) -> str:
+  return os.path.join(RESULTS_DIR, 'accuracy_quick' if quick else 'accuracy')
+
+
+def write_outputs(records: list[dict], rows: list[dict], quick: bool, meta: dict,
                   verbose: bool) -> None:
   os.makedirs(RESULTS_DIR, exist_ok=True)
-  stem = os.path.join(RESULTS_DIR, f'accuracy{suffix}')
+  stem = results_stem(quick)
   table = markdown(rows)
   with open(stem + '.json', 'w') as f:
     json.dump(dict(meta, rows=rows, runs=records), f, indent=1)
   with open(stem + '.md', 'w') as f:
     f.write(table + '\n')
-  plot(rows, os.path.join(DOCS_DIR, f'accuracy{suffix}.png'))
+  plot(rows, os.path.join(DOCS_DIR, os.path.basename(stem) + '.png'))
   if verbose:
     print(table)
 
@@ -367,6 +402,9 @@ def main():
                       'adversarial branch (sec. 3.4, App. E)')
   parser.add_argument('--report', action='store_true',
                       help='train nothing: the table and plot of the runs already finished')
+  parser.add_argument('--fresh', action='store_true',
+                      help='train every run whose folder is missing, even when the results '
+                      'JSON already records it')
   parser.add_argument('--ablation_seeds', default='0',
                       help="seeds of the ablation set ('' for none)")
   parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
@@ -383,15 +421,19 @@ def main():
   runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
               weak=args.weak, two_domains=args.two_domains)
   planned = len(runs)
+  recorded = [] if args.fresh else load_records(results_stem(args.quick) + '.json')
+  done = lambda run: (os.path.isfile(results_path(run, args.workdir)) or
+                      recorded_scores(run, recorded, command_lines(run, args.workdir)))
   if args.report:
-    runs = [run for run in runs if os.path.isfile(results_path(run, args.workdir))]
+    runs = [run for run in runs if done(run)]
   records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
-    was_done = os.path.isfile(results_path(run, args.workdir))
-    scores = execute(run, args.workdir)
-    commands = run.commands(os.path.relpath(args.workdir, REPO))
-    records += records_of(run, scores, [' '.join(['python'] + c[1:]) for c in commands])
+    commands = command_lines(run, args.workdir)
+    scores = None if args.fresh else recorded_scores(run, recorded, commands)
+    was_done = scores is not None or os.path.isfile(results_path(run, args.workdir))
+    scores = scores or execute(run, args.workdir)
+    records += records_of(run, scores, commands)
     trained += not was_done
     eta = ''
     if trained:
@@ -405,8 +447,7 @@ def main():
         command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
         runs_reported=f'{index} of {planned}', config=CONFIG, setting=SETTING,
         minutes_this_invocation=(time.time() - started) / 60)
-    write_outputs(records, summarise(records), '_quick' if args.quick else '', meta,
-                  verbose=index == len(runs))
+    write_outputs(records, summarise(records), args.quick, meta, verbose=index == len(runs))
 
 
 if __name__ == '__main__':

@@ -149,3 +149,21 @@ def test_two_domain_runs_give_each_domain_and_the_average():
   assert {r['dataset']: r['miou'] for r in records} == {
       'tex5+fashion5:tex5': 0.6, 'tex5+fashion5:fashion5': 0.3, 'tex5+fashion5:average': 0.45}
   assert accuracy.results_path(two[0], 'w').endswith('results.json')
+
+
+def test_recorded_runs_are_read_back_only_with_the_same_commands():
+  run = accuracy.Run('tex5', 'cct', 25, 1)
+  commands = accuracy.command_lines(run, os.path.join(REPO, 'runs', 'accuracy'))
+  assert commands[0].startswith('python -m cct_jax.main --config=configs/demo.py:tex5 ')
+  assert commands[0].endswith('--workdir=runs/accuracy/tex5/cct/n25/seed1')
+  scores = {'miou': 0.6, 'per_class_iou': {'brick': 0.7}}
+  records = accuracy.records_of(run, scores, commands)
+  assert accuracy.recorded_scores(run, records, commands) == scores
+  assert accuracy.recorded_scores(accuracy.Run('tex5', 'cct', 25, 2), records, commands) is None
+  changed = [commands[0] + ' --config.optim.lr=0.2']  # another config: trained again
+  assert accuracy.recorded_scores(run, records, changed) is None
+  two = accuracy.Run(accuracy.TWO_DOMAINS, 'cct', 25, 0)
+  two_commands = accuracy.command_lines(two, 'w')
+  two_scores = {'miou': 0.45, 'domains': {'tex5': {'miou': 0.6}, 'fashion5': {'miou': 0.3}}}
+  two_records = accuracy.records_of(two, two_scores, two_commands)
+  assert accuracy.recorded_scores(two, records + two_records, two_commands) == two_scores

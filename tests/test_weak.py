@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cct_jax import checkpointing, defaults, losses, models, parallel, perturbations, train
-from cct_jax.data import factory, fake, sources, weak
+from cct_jax.data import factory, fake, sources, voc, weak
 from cct_jax.weak import cams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,11 +241,16 @@ def weak_run(idx_dir, tmp_path_factory):
   return workdir, common, pseudo.stdout
 
 
-def _weak_ids(idx_dir):
+def _smoke_data_config(idx_dir):
   cfg = factory.default_data_config('fashion5')
   # configs/demo.py's smoke sizes: 64 training scenes, the first 16 the labelled pool.
   cfg.update(dict(idx_dir=idx_dir, sizes=dict(train=64, val=8, test=8), labelled_pool=16))
-  return sources.example_ids(factory.make_source(cfg, 'train_unlabelled'))
+  return cfg
+
+
+def _weak_ids(idx_dir):
+  return sources.example_ids(factory.make_source(_smoke_data_config(idx_dir),
+                                                 'train_unlabelled'))
 
 
 def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_dir):
@@ -267,6 +272,16 @@ def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_d
     assert 0 <= scores[kind]['miou'] <= 1
     assert f"**{100 * scores[kind]['miou']:.1f}**" in printed
   assert scores['crf']['unsure_fraction'] == 0  # the CRF decides every unsure pixel
+  # image | CAM | raw | after the CRF | truth, one row per image of the first six.
+  strip = np.asarray(Image.open(workdir / 'pseudo_labels' / 'strip.png'))
+  assert strip.shape == (6 * 64, 5 * 64, 3)
+  truth = factory.make_source(_smoke_data_config(idx_dir), 'train_unlabelled',
+                              keep_masks=True)[0]
+  palette = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
+  np.testing.assert_array_equal(strip[:64, :64], truth['image'])
+  np.testing.assert_array_equal(strip[:64, 4 * 64:], palette[truth['mask']])
+  crf_labels = np.asarray(Image.open(workdir / 'pseudo_labels' / 'crf' / f'{ids[0]}.png'))
+  np.testing.assert_array_equal(strip[:64, 3 * 64:4 * 64], palette[crf_labels])
 
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   steps = [r for r in records if 'loss_weak' in r]

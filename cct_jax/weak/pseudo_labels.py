@@ -8,11 +8,13 @@ unsure pixels. Palette PNGs, class ids with 255 for unsure pixels:
   <workdir>/pseudo_labels/cam/<id>.png    the raw thresholded CAMs
   <workdir>/pseudo_labels/crf/<id>.png    after the CRF (weak.use_crf); train on these
   <workdir>/pseudo_labels/scores.json     mIoU of both against the true masks, if any
+  <workdir>/pseudo_labels/strip.png       image | CAM | both | true mask, first 6 images
 
 An image is done once its last PNG is written, so a stopped run resumes where it
 stopped. Runs in one process.
 """
 
+import functools
 import json
 import os
 import time
@@ -30,21 +32,27 @@ from cct_jax.weak import cams, classify
 
 OUTPUT_DIR = 'pseudo_labels'
 KINDS = ('cam', 'crf')
+STRIP_IMAGES = 6
+
+
+def normalised_cams(config, model, variables, images, present, valid):
+  """The CAMs (B, H, W, F) of the foreground classes, each present class's divided by its
+  maximum, absent classes 0 (the classifier's variables; images normalised)."""
+  classes = classify.foreground(config)
+  kernel = variables['params']['classifier']['kernel']
+  cam_fn = lambda x: models.class_activation_maps(model.apply(variables, x)[1], kernel)
+  raw = cams.multi_scale_cams(cam_fn, images, config.weak.cam_scales, config.weak.cam_flip)
+  return cams.normalise_cams(raw, present[:, classes], valid)
 
 
 def make_label_fn(config, model):
   """jitted (variables, images, present, valid) -> thresholded CAM labels (B, H, W)."""
-  weak_cfg = config.weak
-  classes = classify.foreground(config)
 
   def label(variables, images, present, valid):
-    kernel = variables['params']['classifier']['kernel']
-    cam_fn = lambda x: models.class_activation_maps(model.apply(variables, x)[1], kernel)
-    raw = cams.multi_scale_cams(cam_fn, images, weak_cfg.cam_scales, weak_cfg.cam_flip)
-    normalised = cams.normalise_cams(raw, present[:, classes], valid)
-    return cams.pseudo_labels(normalised, classes, theta_bg=weak_cfg.theta_bg,
-                              theta_fg=weak_cfg.theta_fg,
-                              background_class=config.perturbations.background_class)
+    return cams.pseudo_labels(
+        normalised_cams(config, model, variables, images, present, valid),
+        classify.foreground(config), theta_bg=config.weak.theta_bg,
+        theta_fg=config.weak.theta_fg, background_class=config.perturbations.background_class)
 
   return jax.jit(label)
 
@@ -103,11 +111,11 @@ def write_pseudo_labels(config, workdir: str) -> dict:
           if not os.path.isfile(weak.pseudo_label_path(final, image_id))]
   logging.info('pseudo-labels of %d weak images: %d done, %d to go, into %s', len(ids),
                len(ids) - len(todo), len(todo), out)
+  model = classify.classifier(config)
+  saved = checkpointing.restore_arrays(
+      os.path.join(workdir, classify.CLASSIFIER_DIR, 'checkpoints'))
+  variables = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
   if todo:
-    model = classify.classifier(config)
-    saved = checkpointing.restore_arrays(
-        os.path.join(workdir, classify.CLASSIFIER_DIR, 'checkpoints'))
-    variables = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
     label_fn = make_label_fn(config, model)
     batch_size = config.data.eval_batch_size if all(config.data.eval_pad_to) else 1
     progress = Progress(len(ids), len(ids) - len(todo))
@@ -125,7 +133,43 @@ def write_pseudo_labels(config, workdir: str) -> dict:
                                       config.weak.crf)
           _save_png(np.asarray(refined), weak.pseudo_label_path(final, example['id']))
       progress.update(len(ids) - len(todo) + start + len(examples))
+  strip = save_strip(config, model, variables, source, out, kinds)
+  logging.info('image | CAM | pseudo-labels (%s) | truth of the first weak images: %s',
+               ' | '.join(kinds), strip)
   return score_pseudo_labels(config, source, out, kinds)
+
+
+def cam_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+  """The image darkened and tinted red where `heat` (H, W, in [0, 1]) is high."""
+  red = np.array([255.0, 0.0, 0.0])
+  alpha = 0.7 * heat[..., None]
+  return ((1 - alpha) * 0.6 * image + alpha * red).round().astype(np.uint8)
+
+
+def save_strip(config, model, variables, source, out: str, kinds,
+               count: int = STRIP_IMAGES) -> str:
+  """One row per weak image (the first `count`): image | its strongest CAM | the
+  pseudo-labels of each kind | the true mask where there is one, to `<out>/strip.png`."""
+  examples = [source[i] for i in range(min(count, len(source)))]
+  batch = _padded_batch(config, examples)
+  heat = np.asarray(jax.jit(functools.partial(normalised_cams, config, model))(
+      variables, batch['image'], batch['present'], batch['valid'])).max(axis=-1)
+  colours = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
+  rows = []
+  for example, example_heat in zip(examples, heat):
+    h, w = example['image'].shape[:2]
+    cells = [example['image'], cam_overlay(example['image'], example_heat[:h, :w])]
+    cells += [colours[np.asarray(Image.open(weak.pseudo_label_path(
+        os.path.join(out, kind), example['id'])))] for kind in kinds]
+    if 'mask' in example:
+      cells.append(colours[example['mask']])
+    rows.append(np.concatenate(cells, axis=1))
+  width = max(row.shape[1] for row in rows)  # images of several sizes: white on the right
+  rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+          for row in rows]
+  path = os.path.join(out, 'strip.png')
+  Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+  return path
 
 
 def score_pseudo_labels(config, source, out: str, kinds) -> dict:

@@ -93,7 +93,6 @@ LOSS_ABLATION = [arm for arm in VARIANTS if arm.startswith('cct_') and arm != 'c
 # class: CCT from a classification-pretrained encoder, without and with L_w.
 WEAK_ARMS = ('cct_weak', 'cct_cls_encoder')
 WEAK_DATASET = 'fashion5'
-WEAK_CLASSIFIER_STEPS = 800  # AdamW 2e-3: 80% per-label val accuracy on fashion5
 # Sec. 3.4 on the two bundled domains (disjoint label spaces, like Cityscapes + SUN RGB-D):
 # configs/demo_two_domains.py, each domain's own BN statistics (see README).
 TWO_DOMAINS = 'tex5+fashion5'
@@ -147,7 +146,7 @@ class Run:
     # Both weak arms of a seed share one classifier and its pseudo-labels (the commands
     # skip what is done).
     prep = weak_prep_folder(self, workdir)
-    prepare = [f'--workdir={prep}', f'--config.weak.classifier_steps={WEAK_CLASSIFIER_STEPS}']
+    prepare = [f'--workdir={prep}']
     commands = [base + prepare + ['--mode=pretrain_cls']]
     train = base + [f'--workdir={folder}', f'--config.model.encoder_from={prep}/classifier']
     if self.arm == 'cct_weak':

@@ -55,8 +55,12 @@ def get_config(arg: str = ''):
   # Five classes make the per-class MSE larger than VOC's 21; 10 did better than 3 or 30.
   config.loss.unsup_weight = 10.0
   # Weak labels (--mode=pretrain_cls): from scratch, SGD barely moved the multi-label
-  # loss in 450 steps; AdamW learns.
-  config.weak.classifier_optim.update(name='adamw', lr=2e-3)
+  # loss in 450 steps; AdamW learns, but only with the whole network at its rate: with the
+  # paper's 0.1x trunk (meant for ImageNet weights) fashion5's classifier stayed at the
+  # class prior (25 labelled + 4000 weak scenes, 800 steps: val per-label accuracy 69.2%,
+  # whole-image 22.0%; 1.0x and 2400 steps: 87.9% and 62.5%).
+  config.weak.classifier_optim.update(name='adamw', lr=2e-3, trunk_lr_multiplier=1.0)
+  config.weak.classifier_steps = 2400
   # CAMs of a 16x16 feature map are smooth blobs: at the paper's thresholds (0.05, 0.30)
   # most of the background counts as object. On 500 fashion5 weak scenes (800 classifier
   # steps) pseudo-label mIoU after the CRF was 28.0 there, 48.9 at (0.15, 0.60) and 52.8
@@ -68,6 +72,8 @@ def get_config(arg: str = ''):
                      eval_batch_size=20, eval_pad_to=(64, 64))
   if 'smoke' in options:
     config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
+    config.weak.update(classifier_steps=4, classifier_log_every=2,
+                       classifier_checkpoint_every=2)
     config.data.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16, num_labelled=4,
                        batch_size_labelled=4, batch_size_unlabelled=4, eval_batch_size=4)
     config.perturbations.counts = {name: min(count, 1)

@@ -30,7 +30,8 @@ Sets:
 Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
 back, from its folder or, when that is gone (a fresh checkout), from the results JSON if it
 records the run with the same commands (`--fresh` trains it again); an interrupted one
-resumes from its checkpoint: stop and restart at will. Writes
+resumes from its checkpoint: stop and restart at will. Runs the JSON records but this
+invocation does not plan (another set's) stay in it. Writes
 benchmarks/results/accuracy[_quick].json and .md and docs/accuracy[_quick].png after every
 run; `--report` writes them from the finished runs alone.
 """
@@ -244,6 +245,14 @@ def recorded_scores(run: Run, records: list[dict], commands: list[str]) -> dict 
           if k in ('miou', 'per_class_iou', 'pseudo_labels')}
 
 
+def records_outside(runs: list[Run], records: list[dict]) -> list[dict]:
+  """The records of runs that `runs` does not plan: an invocation over a subset (say
+  --two_domains without --weak) keeps, rather than drops, what others measured."""
+  planned = {(run.dataset, run.arm, run.labelled, run.seed) for run in runs}
+  return [r for r in records
+          if (r['dataset'].split(':')[0], r['arm'], r['labelled'], r['seed']) not in planned]
+
+
 def load_records(path: str) -> list[dict]:
   if not os.path.isfile(path):
     return []
@@ -425,12 +434,14 @@ def main():
   runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
               weak=args.weak, two_domains=args.two_domains)
   planned = len(runs)
-  recorded = [] if args.fresh else load_records(results_stem(args.quick) + '.json')
+  recorded = load_records(results_stem(args.quick) + '.json')
+  kept = records_outside(runs, recorded)
+  recorded = [] if args.fresh else recorded
   done = lambda run: (os.path.isfile(results_path(run, args.workdir)) or
                       recorded_scores(run, recorded, command_lines(run, args.workdir)))
   if args.report:
     runs = [run for run in runs if done(run)]
-  records, started, trained = [], time.time(), 0
+  records, started, trained = list(kept), time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
     commands = command_lines(run, args.workdir)
@@ -449,7 +460,7 @@ def main():
     # After every run, so that an interrupted benchmark leaves what it has measured.
     meta = dict(
         command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
-        runs_reported=f'{index} of {planned}', config=CONFIG, setting=SETTING,
+        runs_reported=f'{index} of {planned} planned, {len(kept)} kept from earlier invocations', config=CONFIG, setting=SETTING,
         minutes_this_invocation=(time.time() - started) / 60)
     write_outputs(records, summarise(records), args.quick, meta, verbose=index == len(runs))
 

@@ -167,3 +167,14 @@ def test_recorded_runs_are_read_back_only_with_the_same_commands():
   two_scores = {'miou': 0.45, 'domains': {'tex5': {'miou': 0.6}, 'fashion5': {'miou': 0.3}}}
   two_records = accuracy.records_of(two, two_scores, two_commands)
   assert accuracy.recorded_scores(two, records + two_records, two_commands) == two_scores
+
+
+def test_an_invocation_over_a_subset_keeps_the_other_sets_records():
+  weak = accuracy.Run('fashion5', 'cct_weak', 25, 0)
+  two = accuracy.Run(accuracy.TWO_DOMAINS, 'cct', 25, 0)
+  two_scores = {'miou': 0.45, 'domains': {'tex5': {'miou': 0.6}, 'fashion5': {'miou': 0.3}}}
+  records = (accuracy.records_of(weak, {'miou': 0.4, 'per_class_iou': {}}, ['w']) +
+             accuracy.records_of(two, two_scores, ['t']))
+  kept = accuracy.records_outside([two, accuracy.Run('tex5', 'cct', 25, 0)], records)
+  assert [(r['dataset'], r['arm']) for r in kept] == [('fashion5', 'cct_weak')]
+  assert accuracy.records_outside([weak], records) == records[1:]  # every domain's record

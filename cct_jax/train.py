@@ -26,7 +26,7 @@ from cct_jax import (baselines, checkpointing, evaluate, losses, models, paralle
                      perturbations, schedules, visualize)
 from cct_jax.data import factory as data_factory
 from cct_jax.data import voc
-from cct_jax.models import pretrained
+from cct_jax.models import cct, pretrained
 from cct_jax.writers import MetricWriter
 
 
@@ -159,9 +159,11 @@ def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
 
 
 def weak_loss(aux: dict[str, jax.Array], pseudo_labels: jax.Array) -> jax.Array:
-  """L_w over all K auxiliary decoders (Eq. 6), each type's mean weighted by its count."""
+  """L_w over all K auxiliary decoders (Eq. 6), each type's mean weighted by its count;
+  the logits are brought to the pseudo-labels' size first."""
   counts = {name: logits.shape[0] for name, logits in aux.items()}
-  return sum(counts[name] * losses.weak_loss(logits, pseudo_labels)
+  size = pseudo_labels.shape[1:3]
+  return sum(counts[name] * losses.weak_loss(cct.resize_logits(logits, size), pseudo_labels)
              for name, logits in aux.items()) / sum(counts.values())
 
 
@@ -175,7 +177,7 @@ def cct_term(config, model):
     del teacher
     (main_u, aux), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
-        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0),
+        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0), resize=False,
         mutable=['batch_stats', 'losses'])
     loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
     terms = {'unsup': loss_u}

@@ -1,12 +1,14 @@
 """The network of SPEC 1: shapes, PyTorch conventions, parameter counts, stacked decoders."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cct_jax import defaults, summary
-from cct_jax.models import cct, decoders, psp, resnet
+from cct_jax.models import cct, conv_grad, decoders, psp, resnet
 
 
 def tiny_model(**overrides):
@@ -30,6 +32,12 @@ def test_odd_input_gives_pytorch_feature_and_logit_sizes():
                                key=jax.random.key(1)), variables, x)
   assert main.shape == (2, 321, 321, 5)
   assert aux['dropout'].shape == (2, 2, 321, 321, 5)
+  # The consistency loss's view: everything at the decoders' resolution, as the authors'.
+  main, aux = jax.eval_shape(
+      lambda v, x: model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
+                               key=jax.random.key(1), resize=False), variables, x)
+  assert main.shape == (2, 328, 328, 5)
+  assert aux['dropout'].shape == (2, 2, 328, 328, 5)
 
 
 @pytest.mark.parametrize('output_stride, size', [(4, 81), (8, 41), (16, 21)])
@@ -132,3 +140,26 @@ def test_decoder_width_widens_every_block_but_the_last():
   assert wide['upsample_1']['kernel'] == (32, 20)  # 4 x 5 classes before the last shuffle
   logits = decoders.Decoder(5, 2, width=32).init_with_output(jax.random.key(0), z)[0]
   assert logits.shape == (1, 16, 16, 5)
+
+
+@pytest.mark.parametrize('kernel,stride,padding,dilation', [
+    (1, 1, ((0, 0), (0, 0)), 1), (3, 2, ((1, 1), (1, 1)), 1), (3, 1, ((4, 4), (4, 4)), 4),
+    (7, 2, ((3, 3), (3, 3)), 1), (3, 2, 'SAME', 1), (3, 1, ((0, 2), (1, 0)), 2)])
+def test_matmul_kernel_gradient_equals_lax_gradients(kernel, stride, padding, dilation):
+  x = jax.random.normal(jax.random.key(0), (2, 13, 11, 6))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 6, 5))
+  numbers = ('NHWC', 'HWIO', 'NHWC')
+
+  def loss(conv, x, w):
+    y = conv(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+             dimension_numbers=numbers)
+    return jnp.sum(jnp.sin(y))  # a non-uniform output gradient
+
+  expected = jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))(x, w)
+  got = jax.grad(functools.partial(loss, conv_grad.conv_general_dilated), (0, 1))(x, w)
+  for e, g in zip(expected, got):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+  # Under vmap (the stacked auxiliary decoders' way) and jit alike.
+  batched = jax.jit(jax.vmap(jax.grad(functools.partial(loss, conv_grad.conv_general_dilated),
+                                      1), (None, 0)))(x, jnp.stack([w, 2 * w]))
+  np.testing.assert_allclose(batched[0], expected[1], rtol=1e-4, atol=1e-4)

@@ -140,7 +140,9 @@ class CCT(nn.Module):
 
   `__call__(x, train, perturbations, key)` returns `(main_logits, aux)` at the input size:
   aux maps each perturbation type to its stacked logits (K, B, H, W, C), and is empty when
-  no perturbations are given (labelled batches, evaluation). The main prediction reaches
+  no perturbations are given (labelled batches, evaluation). With `resize=False` both stay
+  at the decoders' resolution (8x z: 328 for a 321 input), where the authors' code compares
+  them; resizing 60 full-resolution maps costs more than the consistency loss itself. The main prediction reaches
   the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
   The decoders compute in the encoder's dtype; the logits come back in float32.
   """
@@ -160,19 +162,22 @@ class CCT(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
-               key: jax.Array | None = None):
-    return self.decode(self.encoder(x, train), x.shape[1:3], perturbations, key)
+               key: jax.Array | None = None, resize: bool = True):
+    return self.decode(self.encoder(x, train), x.shape[1:3] if resize else None,
+                       perturbations, key)
 
-  def decode(self, z: jax.Array, size: Sequence[int],
+  def decode(self, z: jax.Array, size: Sequence[int] | None,
              perturbations: Mapping[str, Perturbation] | None = None,
              key: jax.Array | None = None):
-    """`(main_logits, aux)` at `size` from the encoder's output z: the decoders alone, for
-    a caller that runs the encoder itself (the multi-domain model shares one)."""
+    """`(main_logits, aux)` at `size` (None: the decoders' resolution) from the encoder's
+    output z: the decoders alone, for a caller that runs the encoder itself (the
+    multi-domain model shares one)."""
     main_logits = self.main_decoder(z)
     aux = {}
     if perturbations is not None:
       aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
-    to_output = lambda logits: resize_logits(logits.astype(jnp.float32), size)
+    to_output = lambda logits: resize_logits(logits.astype(jnp.float32), size or
+                                             logits.shape[-3:-1])
     return to_output(main_logits), {name: to_output(logits) for name, logits in aux.items()}
 
 

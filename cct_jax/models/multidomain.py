@@ -31,8 +31,8 @@ class MultiDomainCCT(nn.Module):
   """`num_classes` maps each domain to its class count; its order (ConfigDict keeps keys
   sorted) gives the domain indices the discriminator predicts.
 
-  `__call__(x, train, perturbations, key)` returns `domain`'s `(main_logits, aux)`, as
-  `CCT` does. With `domain=None` (initialisation) it runs every domain's decoders and the
+  `__call__(x, train, perturbations, key, resize)` returns `domain`'s `(main_logits, aux)`,
+  as `CCT` does. With `domain=None` (initialisation) it runs every domain's decoders and the
   discriminator, so that every parameter exists, and returns a dict of them by domain.
   """
   num_classes: Mapping[str, int]
@@ -53,9 +53,9 @@ class MultiDomainCCT(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
-               key: jax.Array | None = None):
+               key: jax.Array | None = None, resize: bool = True):
     z = self.encoder(x, train)
-    size = x.shape[1:3]
+    size = x.shape[1:3] if resize else None
     if self.domain is None:
       if self.reversal_scale > 0:
         self.discriminator(z)

@@ -363,7 +363,8 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set(title=dataset, xlabel='labelled images', ylabel='test mIoU (%)',
            xticks=sorted(budgets[dataset]))
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a partial benchmark may have no line here yet
+      ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -1,6 +1,6 @@
 """Accuracy benchmark: does CCT beat training on the labels alone, on real images?
 
-  .venv/bin/python benchmarks/accuracy.py            # the default set (about 3.5 h on 2 cores)
+  .venv/bin/python benchmarks/accuracy.py            # the default set (about 4 h on 2 cores)
   .venv/bin/python benchmarks/accuracy.py --quick    # tex5, one seed, smallest budget (< 10 min)
   .venv/bin/python benchmarks/accuracy.py --baselines  # + Table 4's baselines, loss ablation
 

@@ -9,7 +9,7 @@ Models: `full` is the VOC network (deep-stem dilated ResNet-50 at output stride 
 classes, the 30 auxiliary decoders of the default roster); `small` is the tiny variant
 (configs: defaults.tiny_model_config) with the same decoders. For each model, dtype and
 CPU device count, one child process measures (so that device count, XLA flags and peak
-memory are its own):
+memory are its own; the batch sizes are per device, so 4 devices step 8 + 8 images):
   - the semi-supervised train step, the supervised step and inference (whole image, 2 images
     or the labelled batch size): median wall seconds per call after warm-up, images/s;
   - compile time of the semi step, its FLOPs from XLA's cost analysis against the model's
@@ -122,7 +122,8 @@ def measure(spec: dict) -> dict:
   config.model.dtype = spec['dtype']
   mesh = parallel.data_mesh()
   rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  batch, size = spec['batch'], spec['size']
+  # Per device (weak scaling): every device count gets whole examples of the same size.
+  batch, size = spec['batch'] * spec['devices'], spec['size']
   rng = np.random.default_rng(0)
   labelled = jax.device_put({
       'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),

@@ -461,7 +461,8 @@ def main():
     # After every run, so that an interrupted benchmark leaves what it has measured.
     meta = dict(
         command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
-        runs_reported=f'{index} of {planned} planned, {len(kept)} kept from earlier invocations', config=CONFIG, setting=SETTING,
+        runs_reported=f'{index} of {planned} planned, {len(kept)} kept from earlier invocations',
+        config=CONFIG, setting=SETTING,
         minutes_this_invocation=(time.time() - started) / 60)
     write_outputs(records, summarise(records), args.quick, meta, verbose=index == len(runs))
 

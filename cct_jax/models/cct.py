@@ -142,8 +142,8 @@ class CCT(nn.Module):
   aux maps each perturbation type to its stacked logits (K, B, H, W, C), and is empty when
   no perturbations are given (labelled batches, evaluation). With `resize=False` both stay
   at the decoders' resolution (8x z: 328 for a 321 input), where the authors' code compares
-  them; resizing 60 full-resolution maps costs more than the consistency loss itself. The main prediction reaches
-  the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
+  them; resizing 60 full-resolution maps costs more than the consistency loss itself. The
+  main prediction reaches the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
   The decoders compute in the encoder's dtype; the logits come back in float32.
   """
   num_classes: int

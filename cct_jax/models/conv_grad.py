@@ -32,9 +32,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   the CPU."""
   dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or numbers != _NHWC or any(d != 1 for d in lhs_dilation or (1, 1))
-      or feature_group_count != 1 or batch_group_count != 1
-      or preferred_element_type is not None):
+  if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or numbers != _NHWC
+      or any(d != 1 for d in lhs_dilation or (1, 1)) or feature_group_count != 1
+      or batch_group_count != 1 or preferred_element_type is not None):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type)
@@ -66,8 +66,8 @@ def _conv_backward(strides, padding, dilation, precision, residuals, grad_out):
   input_transpose = jax.linear_transpose(
       lambda x_: _lax_conv(x_, kernel, strides, padding, dilation, precision),
       jax.ShapeDtypeStruct(x.shape, x.dtype))
-  return input_transpose(grad_out)[0], kernel_gradient(x, grad_out, kernel.shape, strides, padding,
-                                                 dilation).astype(kernel.dtype)
+  kernel_grad = kernel_gradient(x, grad_out, kernel.shape, strides, padding, dilation)
+  return input_transpose(grad_out)[0], kernel_grad.astype(kernel.dtype)
 
 
 def kernel_gradient(x, grad_out, kernel_shape, strides, padding, dilation):

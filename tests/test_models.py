@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cct_jax import defaults, summary
-from cct_jax.models import cct, conv_grad, decoders, psp, resnet
+from cct_jax.models import cct, cpu_conv, decoders, psp, resnet
 
 
 def tiny_model(**overrides):
@@ -145,21 +145,28 @@ def test_decoder_width_widens_every_block_but_the_last():
 @pytest.mark.parametrize('kernel,stride,padding,dilation', [
     (1, 1, ((0, 0), (0, 0)), 1), (3, 2, ((1, 1), (1, 1)), 1), (3, 1, ((4, 4), (4, 4)), 4),
     (7, 2, ((3, 3), (3, 3)), 1), (3, 2, 'SAME', 1), (3, 1, ((0, 2), (1, 0)), 2)])
-def test_matmul_kernel_gradient_equals_lax_gradients(kernel, stride, padding, dilation):
+@pytest.mark.parametrize('in_features_per_slice', [512, 4])  # 4: 6 channels as 4 + 2
+def test_cpu_conv_equals_lax(kernel, stride, padding, dilation, in_features_per_slice,
+                             monkeypatch):
+  monkeypatch.setattr(cpu_conv, 'IN_FEATURES_PER_SLICE', in_features_per_slice)
   x = jax.random.normal(jax.random.key(0), (2, 13, 11, 6))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 6, 5))
   numbers = ('NHWC', 'HWIO', 'NHWC')
 
-  def loss(conv, x, w):
-    y = conv(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
-             dimension_numbers=numbers)
-    return jnp.sum(jnp.sin(y))  # a non-uniform output gradient
+  def apply(conv, x, w):
+    return conv(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+                dimension_numbers=numbers)
 
+  def loss(conv, x, w):
+    return jnp.sum(jnp.sin(apply(conv, x, w)))  # a non-uniform output gradient
+
+  np.testing.assert_allclose(apply(cpu_conv.conv_general_dilated, x, w),
+                             apply(jax.lax.conv_general_dilated, x, w), rtol=1e-4, atol=1e-4)
   expected = jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1))(x, w)
-  got = jax.grad(functools.partial(loss, conv_grad.conv_general_dilated), (0, 1))(x, w)
+  got = jax.grad(functools.partial(loss, cpu_conv.conv_general_dilated), (0, 1))(x, w)
   for e, g in zip(expected, got):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
   # Under vmap (the stacked auxiliary decoders' way) and jit alike.
-  batched = jax.jit(jax.vmap(jax.grad(functools.partial(loss, conv_grad.conv_general_dilated),
+  batched = jax.jit(jax.vmap(jax.grad(functools.partial(loss, cpu_conv.conv_general_dilated),
                                       1), (None, 0)))(x, jnp.stack([w, 2 * w]))
   np.testing.assert_allclose(batched[0], expected[1], rtol=1e-4, atol=1e-4)

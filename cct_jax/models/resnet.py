@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cct_jax.models import conv_grad
+from cct_jax.models import cpu_conv
 
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
@@ -28,12 +28,12 @@ _EXPANSION = 4
 def conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, name: str | None = None,
          dtype=jnp.float32):
   """A bias-free conv with PyTorch's symmetric padding `dilation * (kernel // 2)`, computing
-  in `dtype` (its kernel is stored in float32 whatever `dtype` is); its kernel gradient is
-  computed as matmuls (conv_grad: XLA:CPU's own is 5-15x slower than the forward)."""
+  in `dtype` (its kernel is stored in float32 whatever `dtype` is); on the CPU through
+  cpu_conv, which routes around XLA:CPU's slow kernel gradients and wide 3x3 convs."""
   pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                  kernel_dilation=dilation, use_bias=False,
-                 conv_general_dilated=conv_grad.conv_general_dilated,
+                 conv_general_dilated=cpu_conv.conv_general_dilated,
                  kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
                  dtype=dtype, name=name)
 

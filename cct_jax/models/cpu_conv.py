@@ -1,19 +1,28 @@
-"""A 2-D convolution whose kernel gradient is computed as matrix products.
+"""A 2-D convolution for XLA:CPU: kernel gradient as matmuls, wide inputs in slices.
 
-XLA:CPU lowers the kernel gradient of a convolution (a convolution over the batch and
-spatial axes) to a path that often runs several times slower than the forward convolution
-on these CPUs, while the input gradient runs about as fast as the forward one. The kernel
-gradient is a sum over the kernel's taps of (input window)^T @ (output gradient): one
-matmul per tap. benchmarks/conv_grad.py (2 quiet cores, 4 images, f32): a 1x1 256 -> 1024
-conv at 41x41, forward 30 ms, kernel gradient by lax 369 ms, by matmuls 28 ms; the stem's
-3x3 at 161x161, 50 / 670 / 206 ms; a dilated 3x3 of layer4, 337 / 1442 / 340 ms. Only at
-layer1's size is lax's a little faster (49 against 56 ms); one rule serves every conv. Same
-arithmetic, so the values agree with lax's to rounding (tests/test_models.py).
+Two lowerings of XLA:CPU run well below the matmul speed of these CPUs, and this module
+routes around both, computing the same sums in another order:
+
+- The kernel gradient (a convolution over the batch and spatial axes) often runs several
+  times slower than the forward convolution, while the input gradient runs about as fast.
+  The kernel gradient is a sum over the kernel's taps of (input window)^T @ (output
+  gradient): one matmul per tap. benchmarks/cpu_conv.py (2 quiet cores, 4 images, f32): a
+  1x1 256 -> 1024 conv at 41x41, forward 29 ms, kernel gradient by lax 397 ms, by matmuls
+  34 ms; a dilated 3x3 of layer4, 325 / 2184 / 323 ms. Only at layer1's size is lax's
+  faster (45 against 70 ms); one rule serves every conv.
+- A spatial kernel over many input channels (PSP's 3x3 bottleneck reads 4096) runs well
+  below the speed of narrower ones (in a profile of inference, 82 against 110-130 GFLOP/s):
+  the conv is computed as the sum of convs over slices of at most `IN_FEATURES_PER_SLICE`
+  input channels (its input gradient, the transpose, likewise). The full model's semi step
+  (2 + 2 at 321), one after the other: 31.7 s whole, 30.4 s sliced. 1x1 convs are left
+  whole: slicing did not speed them up.
+
+The values agree with lax's to rounding (tests/test_models.py).
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` in `nn.Conv`; on the CPU
 it takes this path for the convolutions the network has (NHWC / HWIO, any stride, padding
 and kernel dilation, no input dilation or groups) and leaves the others to lax. GPUs and
-TPUs keep lax's gradient: their libraries have fast kernel-gradient convolutions.
+TPUs keep lax's convolutions: their libraries have fast kernel-gradient convolutions.
 """
 
 import functools
@@ -23,13 +32,14 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
+IN_FEATURES_PER_SLICE = 512
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, with the kernel gradient as one matmul per kernel tap on
-  the CPU."""
+  """`lax.conv_general_dilated`; on the CPU with the kernel gradient as one matmul per
+  kernel tap and a wide spatial kernel as a sum over input-channel slices."""
   dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or numbers != _NHWC
@@ -46,8 +56,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
 
 def _lax_conv(x, kernel, strides, padding, dilation, precision):
-  return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
-                                  dimension_numbers=_NHWC, precision=precision)
+  conv = lambda x_, kernel_: lax.conv_general_dilated(
+      x_, kernel_, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC,
+      precision=precision)
+  in_features, width = x.shape[-1], IN_FEATURES_PER_SLICE
+  if kernel.shape[:2] == (1, 1) or in_features <= width:
+    return conv(x, kernel)
+  parts = [conv(x[..., s:s + width], kernel[:, :, s:s + width])
+           for s in range(0, in_features, width)]
+  return sum(parts[1:], parts[0])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

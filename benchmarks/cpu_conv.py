@@ -1,12 +1,13 @@
-"""Convolution gradients on XLA:CPU: lax's kernel gradient against conv_grad's matmuls.
+"""Convolutions on XLA:CPU: lax's against `cct_jax.models.cpu_conv`'s.
 
-  .venv/bin/python benchmarks/conv_grad.py        # about 3 minutes on 2 cores
+  .venv/bin/python benchmarks/cpu_conv.py        # about 5 minutes on 2 cores
 
 For convolutions of the full VOC network (2 + 2 images of 321x321: batch 4; the deep stem,
-layer1's 3x3, a strided 3x3, the 1x1s of layer3, a dilated 3x3 of layer4), the best
-of 5 wall times of the forward conv, its input gradient, its kernel gradient by lax
-(`jax.vjp`) and by `cct_jax.models.conv_grad`, and forward + both gradients by each.
-Prints a table and writes benchmarks/results/conv_grad.json. Run nothing else meanwhile.
+layer1's 3x3, a strided 3x3, the 1x1s of layer3, a dilated 3x3 of layer4, PSP's 3x3
+bottleneck over 4096 channels), the best of 3 wall times of the forward conv by lax and by
+cpu_conv (which slices wide inputs), lax's input gradient, the kernel gradient by lax
+(`jax.vjp`) and by cpu_conv's matmuls, and forward + both gradients by each.
+Prints a table and writes benchmarks/results/cpu_conv.json. Run nothing else meanwhile.
 """
 
 import json
@@ -18,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cct_jax.models import conv_grad
+from cct_jax.models import cpu_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'conv_grad.json')
+RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'cpu_conv.json')
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 # (where, input side, in channels, out channels, kernel, stride, dilation)
 SHAPES = [
@@ -31,11 +32,12 @@ SHAPES = [
     ('layer3 1x1 256 -> 1024', 41, 256, 1024, 1, 1, 1),
     ('layer3 1x1 1024 -> 256', 41, 1024, 256, 1, 1, 1),
     ('layer4 3x3, dilation 4', 41, 512, 512, 3, 1, 4),
+    ('PSP bottleneck 3x3 4096 -> 512', 41, 4096, 512, 3, 1, 1),
 ]
 BATCH = 4
 
 
-def best_ms(fn, *args, repeats: int = 5) -> float:
+def best_ms(fn, *args, repeats: int = 3) -> float:
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -52,38 +54,40 @@ def measure(side, in_features, out_features, kernel, stride, dilation) -> dict:
   conv_args = ((stride, stride), ((pad, pad), (pad, pad)))
   conv_kwargs = dict(rhs_dilation=(dilation, dilation), dimension_numbers=NHWC)
   lax_conv = lambda x, w: lax.conv_general_dilated(x, w, *conv_args, **conv_kwargs)
-  ours = lambda x, w: conv_grad.conv_general_dilated(x, w, *conv_args, **conv_kwargs)
+  cpu_conv_ = lambda x, w: cpu_conv.conv_general_dilated(x, w, *conv_args, **conv_kwargs)
   grad_out = jnp.ones_like(jax.eval_shape(lax_conv, x, w))
   input_grad = jax.jit(lambda x, w, g: jax.vjp(lambda x_: lax_conv(x_, w), x)[1](g)[0])
   kernel_grad = lambda conv: jax.jit(lambda x, w, g: jax.vjp(lambda w_: conv(x, w_), w)[1](g)[0])
   both_grads = lambda conv: jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), (0, 1)))
   return dict(
-      forward_ms=best_ms(jax.jit(lax_conv), x, w),
-      input_grad_ms=best_ms(input_grad, x, w, grad_out),
+      forward_lax_ms=best_ms(jax.jit(lax_conv), x, w),
+      forward_cpu_conv_ms=best_ms(jax.jit(cpu_conv_), x, w),
+      input_grad_lax_ms=best_ms(input_grad, x, w, grad_out),
       kernel_grad_lax_ms=best_ms(kernel_grad(lax_conv), x, w, grad_out),
-      kernel_grad_matmul_ms=best_ms(kernel_grad(ours), x, w, grad_out),
+      kernel_grad_cpu_conv_ms=best_ms(kernel_grad(cpu_conv_), x, w, grad_out),
       forward_backward_lax_ms=best_ms(both_grads(lax_conv), x, w),
-      forward_backward_matmul_ms=best_ms(both_grads(ours), x, w))
+      forward_backward_cpu_conv_ms=best_ms(both_grads(cpu_conv_), x, w))
 
 
 def main():
   rows = []
-  header = ('| conv | forward | input grad | kernel grad: lax | kernel grad: matmuls | '
-            'fwd + bwd: lax | fwd + bwd: matmuls | speed-up |')
-  print(header + '\n' + '|---' * 8 + '|', flush=True)
+  header = ('| conv | forward: lax | forward: cpu_conv | input grad | kernel grad: lax | '
+            'kernel grad: matmuls | fwd + bwd: lax | fwd + bwd: cpu_conv | speed-up |')
+  print(header + '\n' + '|---' * 9 + '|', flush=True)
   for name, *shape in SHAPES:
     row = dict(conv=name, batch=BATCH, side=shape[0], in_features=shape[1],
                out_features=shape[2], kernel=shape[3], stride=shape[4], dilation=shape[5],
                **measure(*shape))
-    row['speed_up'] = row['forward_backward_lax_ms'] / row['forward_backward_matmul_ms']
+    row['speed_up'] = row['forward_backward_lax_ms'] / row['forward_backward_cpu_conv_ms']
     rows.append(row)
-    print(f"| {name} | {row['forward_ms']:.0f} | {row['input_grad_ms']:.0f} | "
-          f"{row['kernel_grad_lax_ms']:.0f} | {row['kernel_grad_matmul_ms']:.0f} | "
-          f"{row['forward_backward_lax_ms']:.0f} | {row['forward_backward_matmul_ms']:.0f} | "
+    print(f"| {name} | {row['forward_lax_ms']:.0f} | {row['forward_cpu_conv_ms']:.0f} | "
+          f"{row['input_grad_lax_ms']:.0f} | "
+          f"{row['kernel_grad_lax_ms']:.0f} | {row['kernel_grad_cpu_conv_ms']:.0f} | "
+          f"{row['forward_backward_lax_ms']:.0f} | {row['forward_backward_cpu_conv_ms']:.0f} | "
           f"{row['speed_up']:.2f}x |", flush=True)
   os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
   with open(RESULTS, 'w') as f:
-    json.dump(dict(command='benchmarks/conv_grad.py', unit='ms, best of 5',
+    json.dump(dict(command='benchmarks/cpu_conv.py', unit='ms, best of 3',
                    machine=dict(platform=platform.platform(), cpu_count=os.cpu_count()),
                    jax=jax.__version__, rows=rows), f, indent=1)
   print(f'written to {RESULTS}')

@@ -13,10 +13,10 @@ parameters and optimiser state (momentum) are carried over unchanged, so neither
 momentum nor its weight decay moves a decoder on another domain's iteration.
 
 Optional (`adversarial.enabled`): the discriminator of App. E on z through a gradient
-reversal layer; it learns the per-position domain cross-entropy L_adv (Eq. 11; the mean of
-the labelled and the unlabelled batch's) at full weight while the encoder gets
--adversarial.weight x its gradient (lambda_adv of Eq. 12, applied as [16]'s reversal
-scale).
+reversal layer; the objective gains adversarial.weight x the per-position domain
+cross-entropy L_adv (lambda_adv of Eq. 12; L_adv of Eq. 11, the mean of the labelled and
+the unlabelled batch's), which the discriminator descends and the encoder, through the
+reversal, ascends.
 
 The shared encoder's BN running statistics are shared too, as in the paper; they then
 average the domains' statistics and fit neither at evaluation (on tex5 + fashion5 after 600
@@ -86,12 +86,12 @@ def check_config(config) -> None:
 
 
 def model_from_config(config) -> models.MultiDomainCCT:
-  scale = config.adversarial.weight if config.adversarial.enabled else 0.0
+  weight = config.adversarial.weight if config.adversarial.enabled else 0.0
   return models.MultiDomainCCT(
       num_classes={name: config.domains[name].num_classes for name in domain_names(config)},
       encoder=models.encoder_from_config(config.model), aux_counts=train.aux_counts(config),
       final_relu=config.model.decoder_final_relu, decoder_width=config.model.decoder_width,
-      reversal_scale=scale)
+      adversarial_weight=weight)
 
 
 def total_steps(config) -> int:

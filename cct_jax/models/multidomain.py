@@ -5,10 +5,10 @@ Each domain's decoders are a `CCT` module that shares this model's encoder and o
 decodes (`CCT.decode`), so its parameters sit under `decoders_<domain>` with the same
 layout as a single-domain model's. `domain` says whose decoders a call runs: the trainer
 and the evaluation clone the model once per domain (`model.clone(domain=name)`), so a
-domain's step never touches another domain's decoders. With `reversal_scale > 0` the
+domain's step never touches another domain's decoders. With `adversarial_weight > 0` the
 discriminator of App. E reads z through a gradient reversal layer during training and
-sows its per-position cross-entropy against the domain's index into the 'losses'
-collection, which the trainer adds to the objective (Eq. 12).
+sows lambda_adv x its per-position cross-entropy against the domain's index (Eq. 12's
+term) into the 'losses' collection, which the trainer adds to the objective.
 """
 
 from collections.abc import Mapping
@@ -40,7 +40,7 @@ class MultiDomainCCT(nn.Module):
   aux_counts: Mapping[str, int] = None
   final_relu: bool = True
   decoder_width: int = 0  # see Decoder.width
-  reversal_scale: float = 0.0  # lambda_adv of the gradient reversal; 0: no discriminator
+  adversarial_weight: float = 0.0  # lambda_adv of Eq. 12; 0: no discriminator
   domain: str | None = None
 
   def setup(self):
@@ -48,7 +48,7 @@ class MultiDomainCCT(nn.Module):
         name: CCT(classes, encoder=self.encoder, aux_counts=self.aux_counts,
                   final_relu=self.final_relu, decoder_width=self.decoder_width)
         for name, classes in self.num_classes.items()}
-    if self.reversal_scale > 0:
+    if self.adversarial_weight > 0:
       self.discriminator = Discriminator(num_domains=len(self.num_classes))
 
   def __call__(self, x: jax.Array, train: bool = False,
@@ -57,15 +57,19 @@ class MultiDomainCCT(nn.Module):
     z = self.encoder(x, train)
     size = x.shape[1:3] if resize else None
     if self.domain is None:
-      if self.reversal_scale > 0:
+      if self.adversarial_weight > 0:
         self.discriminator(z)
       return {name: decoders.decode(z, size, perturbations, key)
               for name, decoders in self.decoders.items()}
     if self.domain not in self.num_classes:
       raise ValueError(f'unknown domain {self.domain!r}; the model has {tuple(self.num_classes)}')
-    if self.reversal_scale > 0 and train:
-      logits = self.discriminator(gradient_reversal(z, self.reversal_scale))
+    if self.adversarial_weight > 0 and train:
+      # lambda_adv weighs the term for both players (Eq. 12): the discriminator descends
+      # it, the encoder ascends it through the reversal. Weighing only the encoder's side
+      # let the discriminator, which sees one domain per step, blow up to NaN within ten
+      # alternating steps at the demo's lr.
+      logits = self.discriminator(gradient_reversal(z, 1.0))
       index = list(self.num_classes).index(self.domain)
-      self.sow('losses', 'adversarial',
-               losses.cross_entropy(logits, jnp.full(logits.shape[:-1], index, jnp.int32)))
+      domain_ce = losses.cross_entropy(logits, jnp.full(logits.shape[:-1], index, jnp.int32))
+      self.sow('losses', 'adversarial', self.adversarial_weight * domain_ce)
     return self.decoders[self.domain].decode(z, size, perturbations, key)

@@ -11,10 +11,12 @@ to the image size), dark where the distance is high, and `cluster_maps.png`: one
 image of image | prediction | input map | encoder map. The checkpoint is the best one of
 the workdir (else the latest), the network the one `--mode=eval` scores.
 
-The paper's third column (Fig. 7, an encoder trained for classification) is not made: this
-project has no classification-trained encoder.
+With `--classifier=<workdir>/classifier` (a `--mode=pretrain_cls` run of the same model
+config, sec. 3.3) it adds the paper's third map (App. D, Fig. 7): `<name>_classifier.png`,
+the same distance for the encoder trained for image-level classification.
 """
 
+import functools
 import os
 
 import jax
@@ -23,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
-from cct_jax import cluster_maps, predict, train
+from cct_jax import cluster_maps, parallel, predict, train
 from cct_jax.data import sources, transforms, voc
 
 FLAGS = flags.FLAGS
@@ -33,16 +35,18 @@ flags.DEFINE_string('input', None, 'Folder of images.')
 flags.DEFINE_string('output', None, 'Folder for the heat maps and the figure.')
 flags.DEFINE_integer('patch', 20, 'Side of the input patches compared (the paper: 20).')
 flags.DEFINE_integer('zoom', 1, 'Integer enlargement of the figure (nearest neighbour).')
+flags.DEFINE_string('classifier', None, 'A classification pre-training run of the same model '
+                    '(<workdir>/classifier of --mode=pretrain_cls): adds its encoder\'s map.')
 flags.mark_flags_as_required(['config', 'workdir', 'input', 'output'])
 
-COLUMNS = ('image', 'prediction', 'input patches', 'encoder z')
+TITLES = {'input': 'input patches', 'encoder': 'encoder z', 'classifier': 'classifier z'}
 
 
-def with_header(figure: np.ndarray, cell_width: int) -> np.ndarray:
+def with_header(figure: np.ndarray, columns: list[str], cell_width: int) -> np.ndarray:
   """The figure under a white strip naming each column."""
   header = Image.new('RGB', (figure.shape[1], 14), 'white')
   draw = ImageDraw.Draw(header)
-  for i, title in enumerate(COLUMNS):
+  for i, title in enumerate(columns):
     draw.text((i * cell_width + 3, 2), title, fill='black')
   return np.concatenate([np.asarray(header), figure], axis=0)
 
@@ -55,7 +59,12 @@ def main(argv):
   model, state = train.restore_for_inference(config, FLAGS.workdir)
   variables = train.inference_variables(state)
   predict_fn = train.make_predict_fn(config, model)
-  features_fn = jax.jit(lambda x: cluster_maps.encoder_features(model, variables, x))
+  encoders = {'encoder': variables}
+  if FLAGS.classifier:
+    classifier = train.with_encoder_from(state, FLAGS.classifier, parallel.data_mesh())
+    encoders['classifier'] = {'params': classifier.params, 'batch_stats': classifier.batch_stats}
+  features_fns = {kind: jax.jit(functools.partial(cluster_maps.encoder_features, model, v))
+                  for kind, v in encoders.items()}
   colours = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
   os.makedirs(FLAGS.output, exist_ok=True)
   rows = []
@@ -63,9 +72,9 @@ def main(argv):
     image = sources.read_image(os.path.join(FLAGS.input, name), name)
     x = transforms.normalise(image, config.data.mean, config.data.std)[None]
     labels = np.asarray(jax.device_get(predict_fn(state, x)[0].argmax(-1)))
-    features = np.asarray(jax.device_get(features_fn(x)))[0]
-    maps = {'input': cluster_maps.neighbour_distance(x[0], FLAGS.patch),
-            'encoder': cluster_maps.neighbour_distance(features)}
+    maps = {'input': cluster_maps.neighbour_distance(x[0], FLAGS.patch)}
+    for kind, features_fn in features_fns.items():
+      maps[kind] = cluster_maps.neighbour_distance(np.asarray(jax.device_get(features_fn(x)))[0])
     stem = os.path.splitext(name)[0]
     greys = {}
     for kind, distances in maps.items():
@@ -73,13 +82,14 @@ def main(argv):
       Image.fromarray(greys[kind]).save(os.path.join(FLAGS.output, f'{stem}_{kind}.png'))
     rows.append(np.concatenate(
         [image, colours[labels]] + [np.repeat(greys[k][..., None], 3, axis=-1)
-                                    for k in ('input', 'encoder')], axis=1))
+                                    for k in maps], axis=1))
   if len({row.shape for row in rows}) > 1:
     raise ValueError(f'{FLAGS.input}: the figure needs images of one size; the maps of '
                      'each image are written all the same')
   zoom = FLAGS.zoom
   figure = np.concatenate(rows, axis=0).repeat(zoom, axis=0).repeat(zoom, axis=1)
-  figure = with_header(figure, cell_width=rows[0].shape[1] // len(COLUMNS) * zoom)
+  columns = ['image', 'prediction'] + [TITLES[kind] for kind in maps]
+  figure = with_header(figure, columns, cell_width=rows[0].shape[1] // len(columns) * zoom)
   path = os.path.join(FLAGS.output, 'cluster_maps.png')
   Image.fromarray(figure).save(path)
   print(f'wrote the heat maps of {len(names)} images and {path}')

@@ -341,7 +341,35 @@ def markdown(rows: list[dict]) -> str:
     lines += [f"| {r['dataset']} | {r['labelled']} | {r['arm']} | "
               f"{r['pseudo_labels']['cam']:.1f} | {r['pseudo_labels']['crf']:.1f} |"
               for r in pseudo]
-  return '\n'.join(lines)
+  return '\n'.join(lines + table4(rows))
+
+
+TABLE4_ARMS = ('supervised', 'mean_teacher', 'input_vat', 'cct')
+
+
+def table4(rows: list[dict]) -> list[str]:
+  """The paper's Table 4 arranged from `rows`: a line per method, a column per dataset and
+  budget where Mean Teacher or input VAT ran (mean +- std over seeds, with the seed count
+  where fewer ran than elsewhere); no lines when neither did."""
+  cells = {(r['arm'], r['dataset'], r['labelled']): r for r in rows if r['arm'] in TABLE4_ARMS}
+  columns = sorted({(d, n) for arm, d, n in cells if arm in TABLE4_ARMS[1:3]})
+  if not columns:
+    return []
+  most_seeds = max(len(r['seeds']) for r in cells.values())
+
+  def cell(key):
+    if key not in cells:
+      return ''
+    r = cells[key]
+    if len(r['seeds']) == 1:
+      return f"{r['miou']:.1f} (one seed)"
+    seeds = '' if len(r['seeds']) == most_seeds else f" ({len(r['seeds'])} seeds)"
+    return f"{r['miou']:.1f} +- {r['std']:.1f}{seeds}"
+
+  lines = ['', '| method | ' + ' | '.join(f'{d} {n}' for d, n in columns) + ' |',
+           '|---' * (len(columns) + 1) + '|']
+  return lines + [f'| {arm} | ' + ' | '.join(cell((arm, d, n)) for d, n in columns) + ' |'
+                  for arm in TABLE4_ARMS]
 
 
 def plot(rows: list[dict], path: str) -> None:

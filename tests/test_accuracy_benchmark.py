@@ -178,3 +178,15 @@ def test_an_invocation_over_a_subset_keeps_the_other_sets_records():
   kept = accuracy.records_outside([two, accuracy.Run('tex5', 'cct', 25, 0)], records)
   assert [(r['dataset'], r['arm']) for r in kept] == [('fashion5', 'cct_weak')]
   assert accuracy.records_outside([weak], records) == records[1:]  # every domain's record
+
+
+def test_table4_arranges_the_baselines_by_dataset_and_budget():
+  records = [_record(arm, seed, miou) for arm, seed, miou in (
+      ('supervised', 0, 0.50), ('supervised', 1, 0.60), ('cct', 0, 0.58), ('cct', 1, 0.64),
+      ('mean_teacher', 0, 0.52), ('mean_teacher', 1, 0.56), ('input_vat', 0, 0.48))]
+  records.append(_record('supervised', 0, 0.70, labelled=100))  # no baseline ran there
+  lines = accuracy.table4(accuracy.summarise(records))
+  assert lines[1:] == ['| method | tex5 25 |', '|---|---|', '| supervised | 55.0 +- 7.1 |',
+                       '| mean_teacher | 54.0 +- 2.8 |', '| input_vat | 48.0 (one seed) |',
+                       '| cct | 61.0 +- 4.2 |']
+  assert accuracy.table4(accuracy.summarise(records[:4])) == []  # no baseline: no table

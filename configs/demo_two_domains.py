@@ -21,8 +21,8 @@ background). fashion5 needs Debian's `dataset-fashion-mnist` (or `data.idx_dir`)
 
 Expected (benchmarks/accuracy.py --two_domains: 25 labels per domain, domain_batch_stats,
 3 seeds): average test mIoU 42.8 supervised, 47.0 CCT (+4.2), 48.4 CCT with the
-adversarial branch (+5.6). The paper's Table 3
-(Cityscapes + SUN, 1.5k labels): CCT 52.1 average mIoU against 46.2 for the baseline.
+adversarial branch (+5.6). The paper's Table 3 (Cityscapes + SUN, 1.5k labels): CCT 52.1
+average mIoU against 46.2 for the baseline.
 The argument `smoke` shrinks it to four iterations (two per domain) that check train +
 eval + predict (the test suite runs it).
 """

@@ -8,8 +8,8 @@
 For every image it writes `<name>_input.png` (mean distance of each 20x20 input patch to
 its 8 neighbours) and `<name>_encoder.png` (the same for the encoder output z, brought up
 to the image size), dark where the distance is high, and `cluster_maps.png`: one row per
-image of image | prediction | input map | encoder map. The checkpoint is the best one of
-the workdir (else the latest), the network the one `--mode=eval` scores.
+image of image | prediction | input map | encoder map (| classifier map). The checkpoint is
+the best one of the workdir (else the latest), the network the one `--mode=eval` scores.
 
 With `--classifier=<workdir>/classifier` (a `--mode=pretrain_cls` run of the same model
 config, sec. 3.3) it adds the paper's third map (App. D, Fig. 7): `<name>_classifier.png`,

@@ -169,9 +169,10 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
   """The runs of the benchmark, the most telling first so that an interrupted benchmark
   has already answered something: the smallest budget (the paper's claim), one seed of
   each larger budget (the curve), the ablation, the other seeds; then, with `baselines`,
-  Mean Teacher and input VAT at the two smallest budgets and the loss ablation; with
-  `weak`, the weak-label arms at the smallest budget; with `two_domains`, both bundled
-  domains at once at the smallest budget (each domain that many labels)."""
+  Mean Teacher, input VAT and the loss ablation at the smallest budget, then Mean Teacher
+  and input VAT at the second smallest; with `weak`, the weak-label arms at the smallest
+  budget; with `two_domains`, both bundled domains at once at the smallest budget (each
+  domain that many labels)."""
   smallest = min(budgets)
   runs = [Run(d, arm, n, s) for n in budgets for s in seeds for d in datasets
           for arm in ('supervised', 'cct')]
@@ -192,11 +193,11 @@ def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,
 
   def priority(run: Run) -> int:
     if run.dataset == TWO_DOMAINS:
-      return 6
+      return 7
     if run.arm in WEAK_ARMS:
-      return 5
+      return 6
     if run.arm in ('mean_teacher', 'input_vat') or run.arm in LOSS_ABLATION:
-      return 4
+      return 4 if run.labelled == smallest else 5
     if run.arm not in ('supervised', 'cct'):
       return 2
     if run.labelled == smallest or run.seed == seeds[0]:

@@ -101,6 +101,8 @@ def test_baselines_come_after_the_default_set_at_the_two_smallest_budgets():
   losses = {r.arm for r in extra} - {'mean_teacher', 'input_vat'}
   assert {'cct_kl', 'cct_js', 'cct_confidence_mask', 'cct_pairwise', 'cct_ramp_exp'} <= losses
   assert 'cct_ramp_gaussian' not in losses  # the default, already CCT's row
+  # The smallest budget's answers (Table 4's first column and the ablation) come first.
+  assert [r.labelled for r in extra] == sorted(r.labelled for r in extra)
 
 
 def test_weak_arms_chain_pretraining_pseudo_labels_and_training():

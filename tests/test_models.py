@@ -144,7 +144,8 @@ def test_decoder_width_widens_every_block_but_the_last():
 
 @pytest.mark.parametrize('kernel,stride,padding,dilation', [
     (1, 1, ((0, 0), (0, 0)), 1), (3, 2, ((1, 1), (1, 1)), 1), (3, 1, ((4, 4), (4, 4)), 4),
-    (7, 2, ((3, 3), (3, 3)), 1), (3, 2, 'SAME', 1), (3, 1, ((0, 2), (1, 0)), 2)])
+    (7, 2, ((3, 3), (3, 3)), 1), (3, 2, 'SAME', 1), (3, 1, ((0, 2), (1, 0)), 2),
+    (3, 1, ((0, 2), (2, 0)), 1)])  # stride 1, same size, 6 -> 5: the output gradient shifts
 @pytest.mark.parametrize('in_features_per_slice', [512, 4])  # 4: 6 channels as 4 + 2
 def test_cpu_conv_equals_lax(kernel, stride, padding, dilation, in_features_per_slice,
                              monkeypatch):

@@ -88,21 +88,42 @@ def _conv_backward(strides, padding, dilation, precision, residuals, grad_out):
 
 
 def kernel_gradient(x, grad_out, kernel_shape, strides, padding, dilation):
-  """d loss / d kernel of an NHWC conv: per tap (i, j), the input positions that tap read,
-  as an (N, C_in) matrix, transposed times the (N, C_out) output gradient (f32 sums)."""
+  """d loss / d kernel of an NHWC conv: per tap, the input positions the tap read, as an
+  (N, C_in) matrix, transposed times the (N, C_out) output gradient (f32 sums).
+
+  Each tap needs one side shifted by the tap's offset, a copy. Shifting the input copies
+  C_in channels a tap; when a stride-1 conv keeps the spatial size and has fewer output
+  channels (PSP's bottleneck: 4096 -> 512), the output gradient is shifted the other way
+  instead, copying C_out: input position q pairs with output position q + low padding -
+  offset, zero where that falls outside the output."""
   kernel_h, kernel_w, in_features, out_features = kernel_shape
-  batch, out_h, out_w, _ = grad_out.shape
-  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  grad_matrix = grad_out.reshape(-1, out_features)
-  taps = []
-  for i in range(kernel_h):
-    for j in range(kernel_w):
-      start = (0, i * dilation[0], j * dilation[1], 0)
-      stop = (batch, start[1] + strides[0] * (out_h - 1) + 1,
-              start[2] + strides[1] * (out_w - 1) + 1, in_features)
-      window = lax.slice(padded, start, stop, (1, *strides, 1)).reshape(-1, in_features)
-      taps.append(jnp.matmul(window.T, grad_matrix, preferred_element_type=jnp.float32))
-  return jnp.stack(taps).reshape(kernel_shape)
+  taps = [(i * dilation[0], j * dilation[1]) for i in range(kernel_h) for j in range(kernel_w)]
+  if strides == (1, 1) and grad_out.shape[1:3] == x.shape[1:3] and out_features < in_features:
+    reach = taps[-1]  # the last tap's offset: how far the kernel spans
+    shifted = lax.pad(grad_out, jnp.zeros((), grad_out.dtype),
+                      ((0, 0, 0), (reach[0] - padding[0][0], reach[0] - padding[0][1], 0),
+                       (reach[1] - padding[1][0], reach[1] - padding[1][1], 0), (0, 0, 0)))
+    windows = _windows(shifted, [(reach[0] - h, reach[1] - w) for h, w in taps],
+                       x.shape[1:3], (1, 1))
+    fixed = x.reshape(-1, in_features)
+    grads = [jnp.matmul(fixed.T, window, preferred_element_type=jnp.float32)
+             for window in windows]
+  else:
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    windows = _windows(padded, taps, grad_out.shape[1:3], strides)
+    fixed = grad_out.reshape(-1, out_features)
+    grads = [jnp.matmul(window.T, fixed, preferred_element_type=jnp.float32)
+             for window in windows]
+  return jnp.stack(grads).reshape(kernel_shape)
+
+
+def _windows(array, starts, size, strides):
+  """The (N * size, C) matrices of `array`'s strided spatial windows from each start."""
+  batch, features = array.shape[0], array.shape[-1]
+  for start_h, start_w in starts:
+    stop = (batch, start_h + strides[0] * (size[0] - 1) + 1,
+            start_w + strides[1] * (size[1] - 1) + 1, features)
+    yield lax.slice(array, (0, start_h, start_w, 0), stop, (1, *strides, 1)).reshape(-1, features)
 
 
 _conv.defvjp(_conv_forward, _conv_backward)

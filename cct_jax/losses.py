@@ -80,11 +80,11 @@ def _distance(aux_logits, target_log_probs, distance):
   MSE is averaged over classes (SPEC 3 and Ref: mean over B*H*W*C); KL and JS are summed
   over classes as in Eqs. (8)-(9), the divergence of one pixel's distributions.
   """
-  log_q = jax.nn.log_softmax(aux_logits, axis=-1)
   log_p = target_log_probs
   p = jnp.exp(log_p)
-  if distance == 'mse':
-    return jnp.mean(jnp.square(jnp.exp(log_q) - p), axis=-1)
+  if distance == 'mse':  # softmax itself: one exp a logit where exp(log_softmax) takes two
+    return jnp.mean(jnp.square(jax.nn.softmax(aux_logits, axis=-1) - p), axis=-1)
+  log_q = jax.nn.log_softmax(aux_logits, axis=-1)
   if distance == 'kl':  # KL(main || aux)
     return jnp.sum(p * (log_p - log_q), axis=-1)
   if distance == 'js':

@@ -8,16 +8,19 @@ Two layouts are recognised: the deep 3x3 stem of the authors' `3x3resnet50-image
 `model.stem='deep'`, and torchvision's `resnet50` (one 7x7 `conv1`), which pairs with
 `model.stem='torchvision'`. The classifier (`fc.*`) is dropped.
 
-Only reading the `.pth` needs torch, and cct-jax does not depend on it. torch 2.13 runs on
-Python 3.11, so use a separate environment for this one step:
-  python3.11 -m venv /tmp/torch && /tmp/torch/bin/pip install torch==2.13.0 numpy
-  /tmp/torch/bin/python tools/convert_torch_resnet.py IN.pth OUT.npz
-Everything but `load_torch_state_dict` is plain NumPy and is what the tests exercise.
+Inputs: a torch `.pth` / `.bin` (a bare state_dict or a checkpoint holding one under
+`state_dict` or `model`), or a `.safetensors` file with the same keys. Reading a torch file
+needs torch (cct-jax does not depend on it; torch 2.13 has wheels for Python 3.12 and
+3.13), reading a `.safetensors` file only the `safetensors` package. An input that cannot be
+read ends in one line naming it and what is wrong, and exit status 1.
+The tests exercise everything but torch.load.
 """
 
 import argparse
+import os
 import re
 import sys
+import zipfile
 
 import numpy as np
 
@@ -27,21 +30,74 @@ _KEY = re.compile(
     r'^(?:layer(?P<stage>\d)\.(?P<block>\d+)\.)?'
     r'(?:(?P<conv>conv\d)\.weight|(?P<bn>bn\d)\.(?P<bn_field>\w+)'
     r'|downsample\.(?P<ds>[01])\.(?P<ds_field>\w+))$')
+# How a torch file starts: a zip archive (torch >= 1.6), or a pickle's PROTO opcode.
+_ZIP_MAGIC, _PICKLE_MAGIC = b'PK\x03\x04', b'\x80'
 
 
 class ConversionError(ValueError):
   pass
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a `.pth` (a bare state_dict or a checkpoint holding one) into NumPy arrays."""
-  import torch  # pylint: disable=import-outside-toplevel
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """A `.safetensors` file's tensors as NumPy arrays; no torch involved."""
+  try:
+    import ml_dtypes  # pylint: disable=import-outside-toplevel,unused-import  # NumPy's bfloat16
+    from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ConversionError(f'{path}: reading .safetensors needs the safetensors and ml_dtypes '
+                          'packages (pip install safetensors; jax brings ml_dtypes)') from e
+  try:
+    return load_file(path)
+  except SafetensorError as e:  # truncated, or not safetensors at all
+    raise ConversionError(f'{path}: not a readable .safetensors file ({e})') from e
+  except (TypeError, AttributeError) as e:  # a tensor type NumPy cannot hold (float8, ...)
+    raise ConversionError(f'{path}: unsupported tensor type ({e}); save it as float32') from e
 
-  checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A torch file's state_dict as NumPy arrays."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ConversionError(f'{path}: reading a torch file needs torch (pip install torch); '
+                          '.safetensors files do not') from e
+  try:
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # torch.load fails in many ways on a damaged file (UnpicklingError, RuntimeError from
+    # its zip reader, EOFError, ...); each is the same news for the user.
+    detail = ' '.join(str(e).split())
+    raise ConversionError(f'{path}: not a readable torch file ({type(e).__name__}: '
+                          f'{detail})') from e
   for wrapper in ('state_dict', 'model'):
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
       checkpoint = checkpoint[wrapper]
+  if not isinstance(checkpoint, dict):
+    raise ConversionError(f'{path}: holds a {type(checkpoint).__name__}, not a state_dict')
   return {k: v.numpy() for k, v in checkpoint.items() if hasattr(v, 'numpy')}
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """The state_dict in `path`, whose first bytes tell the format: torch writes a zip
+  archive (a pickle before torch 1.6), safetensors an 8-byte header length, then the JSON
+  header."""
+  if not os.path.isfile(path):
+    raise ConversionError(f'{path}: no such file')
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(9)
+  except OSError as e:
+    raise ConversionError(f'{path}: cannot read it ({e.strerror})') from e
+  if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
+    raise ConversionError(f'{path}: truncated or damaged torch file (its zip archive has '
+                          'no end record)')
+  if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+    return load_torch_state_dict(path)
+  if path.endswith('.safetensors') or head[8:] == b'{':
+    return load_safetensors(path)
+  raise ConversionError(f'{path}: neither a torch file (a zip archive or a pickle) nor a '
+                        '.safetensors file')
 
 
 def detect_stem(state: dict[str, np.ndarray], source: str) -> str:
@@ -100,15 +156,19 @@ def convert_state_dict(state: dict[str, np.ndarray], source: str = '<state_dict>
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('input', help='a torch .pth state_dict')
+  parser.add_argument('input', help='a torch .pth / .bin state_dict, or a .safetensors file')
   parser.add_argument('output', help='the .npz to write')
   args = parser.parse_args(argv)
   try:
-    arrays, stem = convert_state_dict(load_torch_state_dict(args.input), args.input)
-  except (ConversionError, FileNotFoundError) as e:
+    arrays, stem = convert_state_dict(load_state_dict(args.input), args.input)
+  except ConversionError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  np.savez(args.output, stem=np.array(stem), **arrays)
+  try:
+    np.savez(args.output, stem=np.array(stem), **arrays)
+  except OSError as e:
+    print(f'error: {args.output}: cannot write it ({e.strerror})', file=sys.stderr)
+    return 1
   total = sum(v.size for k, v in arrays.items() if k.startswith('params/'))
   print(f'wrote {args.output}: {stem} stem, {len(arrays)} arrays, {total:,} parameters')
   return 0

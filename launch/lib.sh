@@ -10,13 +10,18 @@ quote() {
   fi
 }
 
-# Prints a command, then runs it unless DRY_RUN is set.
-run() {
-  local word line="+"
+# A command as one line the shell reads back word for word.
+command_line() {
+  local word line=""
   for word in "$@"; do
     line+=" $(quote "$word")"
   done
-  echo "$line"
+  printf '%s' "${line# }"
+}
+
+# Prints a command, then runs it unless DRY_RUN is set.
+run() {
+  echo "+ $(command_line "$@")"
   if ((!DRY_RUN)); then
     "$@"
   fi

@@ -8,7 +8,8 @@
 #   launch/slurm_gpu.sh --dry-run ...   # print the sbatch and srun lines, run nothing
 #
 # Outside an allocation it submits itself with sbatch; inside one (the batch job, or
-# salloc) it starts the processes with srun.
+# salloc) it starts the processes with srun. Near the time limit the run saves and the job
+# requeues itself; a requeued or preempted job resumes from the workdir.
 #SBATCH --job-name=cct-jax
 #SBATCH --output=%x-%j.out
 set -euo pipefail
@@ -27,6 +28,9 @@ PER_NODE=0
 PARTITION=""
 ACCOUNT=""
 TIME=24:00:00
+CPUS_PER_GPU=8
+CPUS=""
+GRACE=300
 CONFIG=configs/voc.py
 WORKDIR=""
 PYTHON=$REPO/.venv/bin/python
@@ -53,6 +57,11 @@ Options (--opt=VALUE or --opt VALUE):
   --partition=P          Slurm partition
   --account=A            Slurm account
   --time=T               time limit (default: $TIME)
+  --cpus-per-task=C      CPU cores per process, for its input pipeline (default: $CPUS_PER_GPU per
+                         GPU it drives: $CPUS_PER_GPU, or $CPUS_PER_GPU x M with --per-node)
+  --grace-seconds=S      how long before the time limit the job is told to stop (default:
+                         $GRACE): the processes save a checkpoint and exit, then the job requeues
+                         itself and resumes; S must cover a step, the stop, and a save
   --config=FILE[:ARG]    config file in the checkout (default: $CONFIG)
   --python=PATH          Python of the environment (default: .venv/bin/python)
   --dry-run              print the sbatch / srun commands, run nothing
@@ -60,6 +69,13 @@ Options (--opt=VALUE or --opt VALUE):
 
 The global batch (data.batch_size_labelled / _unlabelled) is split over all N x M GPUs:
 it must be a multiple of N x M. See README.md, "Scaling out", for the learning rate.
+
+Stopping and coming back: sbatch --signal=B:USR1@S tells this script S seconds before the
+time limit; it sends SIGTERM to the processes (scancel --signal=TERM), which agree on a
+step, save a checkpoint and exit, and then requeues the job (scontrol requeue), which
+resumes from DIR. A SIGTERM to the job (scancel, preemption), or Ctrl-C under salloc,
+stops the processes the same way; --requeue lets Slurm requeue a preempted job or one
+whose node failed. The job's output (%x-%j.out) is appended to across requeues.
 EOF
 }
 
@@ -84,6 +100,8 @@ while (($#)); do
     --partition) PARTITION=$value ;;
     --account) ACCOUNT=$value ;;
     --time) TIME=$value ;;
+    --cpus-per-task) CPUS=$value ;;
+    --grace-seconds) GRACE=$value ;;
     --config) CONFIG=$value ;;
     --python) PYTHON=$value ;;
     *) die "unknown option $key (see --help)" ;;
@@ -93,10 +111,14 @@ done
 [[ -n $WORKDIR ]] || die "--workdir=DIR is required (see --help)"
 [[ $NODES =~ ^[1-9][0-9]*$ && $GPUS =~ ^[1-9][0-9]*$ ]] ||
   die "--nodes and --gpus-per-node must be positive integers"
+[[ -z $CPUS || $CPUS =~ ^[1-9][0-9]*$ ]] || die "--cpus-per-task must be a positive integer"
+[[ $GRACE =~ ^[1-9][0-9]*$ ]] || die "--grace-seconds must be a positive integer"
 if ((PER_NODE)); then
   TASKS=1
+  CPUS=${CPUS:-$((CPUS_PER_GPU * GPUS))}
 else
   TASKS=$GPUS
+  CPUS=${CPUS:-$CPUS_PER_GPU}
 fi
 
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -105,8 +127,9 @@ source "$REPO/launch/lib.sh"  # quote, run
 # Inside the allocation: NODES x TASKS processes. jax takes the coordinator (the first
 # node), the process count and each process's id from Slurm; with one process per GPU it
 # drives GPU $SLURM_LOCALID, with one per node JAX_LOCAL_DEVICE_IDS lists all M.
+# srun takes --cpus-per-task itself: since Slurm 22.05 it no longer inherits sbatch's.
 srun_command=(srun --nodes="$NODES" --ntasks-per-node="$TASKS" --gpus-per-node="$GPUS"
-              --kill-on-bad-exit=1)
+              --cpus-per-task="$CPUS" --kill-on-bad-exit=1)
 if ((PER_NODE)); then
   device_ids=$(seq -s, 0 $((GPUS - 1)))
   srun_command+=("--export=ALL,JAX_LOCAL_DEVICE_IDS=$device_ids")
@@ -114,15 +137,39 @@ fi
 srun_command+=("$PYTHON" -m cct_jax.main --multihost --config="$CONFIG" --workdir="$WORKDIR"
                ${EXTRA[@]+"${EXTRA[@]}"})
 
+# The job's side of a stop: every step of job $1 (the training processes, not this shell)
+# gets SIGTERM, saves a checkpoint and exits.
+stop_steps() {
+  run scancel --signal=TERM "$1"
+}
+
 if [[ -n ${SLURM_JOB_ID:-} ]]; then
   cd "$REPO"
   export PYTHONUNBUFFERED=1
-  run "${srun_command[@]}"
-  exit
+  requeue=0
+  trap 'requeue=1; stop_steps "$SLURM_JOB_ID"' USR1  # the time limit is --grace-seconds away
+  # scancel or preemption (Slurm decides what follows), or Ctrl-C under salloc.
+  trap 'stop_steps "$SLURM_JOB_ID"' TERM INT
+  run "${srun_command[@]}" &
+  step=$!
+  # A trapped signal ends `wait` early; wait again until srun itself has ended.
+  while true; do
+    status=0
+    wait "$step" || status=$?
+    kill -0 "$step" 2>/dev/null || break
+  done
+  if ((requeue && status == 0)); then
+    echo "stopped $GRACE s before the time limit; requeueing job $SLURM_JOB_ID to resume"
+    run scontrol requeue "$SLURM_JOB_ID"
+  elif ((requeue)); then
+    echo "not requeued: srun ended with status $status" >&2
+  fi
+  exit "$status"
 fi
 
 sbatch_command=(sbatch --nodes="$NODES" --ntasks-per-node="$TASKS" --gpus-per-node="$GPUS"
-                --time="$TIME" --chdir="$REPO")
+                --cpus-per-task="$CPUS" --time="$TIME" --signal="B:USR1@$GRACE" --requeue
+                --open-mode=append --chdir="$REPO")
 if [[ -n $PARTITION ]]; then
   sbatch_command+=(--partition="$PARTITION")
 fi
@@ -134,4 +181,7 @@ run "${sbatch_command[@]}"
 if ((DRY_RUN)); then
   echo "# then, in the job:"
   run "${srun_command[@]}"
+  echo "# and on USR1, $GRACE s before the time limit (then, once srun has returned, requeue):"
+  stop_steps JOBID
+  run scontrol requeue JOBID
 fi

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Trains cct-jax on a Cloud TPU VM pod slice: one process per host, each reading its own
 # slice of the data, jax.distributed started on every worker (it finds the others itself).
+# Training runs detached on the workers: a dropped SSH connection stops nothing, and
+# running the same command again attaches to the run (or resumes it once it has stopped).
 #
 #   launch/tpu_pod.sh --bucket=gs://my-bucket --run=voc-1464 --data=gs://my-bucket/VOCdevkit \
 #       -- --config.data.root=/tmp/cct_data/VOCdevkit/VOC2012
+#   launch/tpu_pod.sh --bucket=gs://my-bucket --run=voc-1464 --follow   # its console log
 #   launch/tpu_pod.sh --help          # every option
 #   launch/tpu_pod.sh --dry-run ...   # print the commands instead of running them
 set -euo pipefail
@@ -21,6 +24,10 @@ RUN=""
 DATA=""
 DATA_DIR=/tmp/cct_data
 SPOT=0
+QUEUED=0
+FOLLOW=1
+FOLLOW_ONLY=0
+POLL_SECONDS=30
 DRY_RUN=0
 EXTRA=()
 
@@ -31,9 +38,14 @@ Usage: launch/tpu_pod.sh --bucket=gs://BUCKET [options] [-- cct_jax.main flags]
 Creates the TPU VM pod slice NAME (or reuses it when it exists), copies this checkout to
 every worker, installs Python 3.12, jax[tpu] and cct-jax there, optionally copies a
 dataset from the bucket to each worker's disk, and starts training on all workers at once
-(gcloud compute tpus tpu-vm ssh --worker=all). Checkpoints, metrics.jsonl, TensorBoard and
-results go to gs://BUCKET/runs/RUN; every worker writes its part of each checkpoint there.
-Flags after -- go to python -m cct_jax.main (config overrides: --config.optim.lr=0.02).
+(gcloud compute tpus tpu-vm ssh --worker=all), detached from the SSH session (setsid),
+then follows worker 0's console log. Checkpoints, metrics.jsonl, TensorBoard and results
+go to gs://BUCKET/runs/RUN; every worker writes its part of each checkpoint there. Each
+worker's console log is ~/cct-runs/RUN/console.log, copied to gs://BUCKET/runs/RUN/console/
+when training ends. Run the same command again: while RUN trains, it only attaches to the
+log; once RUN has stopped (preempted, failed, done), it starts it again, and training
+resumes from the latest checkpoint. Flags after -- go to python -m cct_jax.main (config
+overrides: --config.optim.lr=0.02).
 
 Options (--opt=VALUE or --opt VALUE):
   --bucket=gs://B          bucket for the workdir (required)
@@ -44,10 +56,17 @@ Options (--opt=VALUE or --opt VALUE):
                            v2-alpha-tpuv5-lite, v6e: v2-alpha-tpuv6e)
   --project=P              Google Cloud project (default: gcloud's configured one)
   --spot                   create the slice as Spot VMs
+  --queued                 ask for the slice as the queued resource NAME and wait until it
+                           is ACTIVE (how Spot and v5e / v6e capacity is usually had); a
+                           FAILED or SUSPENDED one (a preempted Spot slice) is deleted and
+                           asked for again
   --config=FILE[:ARG]      config file in this checkout (default: $CONFIG)
   --run=RUN                run name; workdir gs://B/runs/RUN (default: the config's name)
   --data=gs://B/PATH       copy this bucket folder to $DATA_DIR on every worker first;
                            point the config at it (--config.data.root=$DATA_DIR/...)
+  --follow                 only follow worker 0's console log of RUN (Ctrl-C stops the
+                           following, not the training)
+  --no-follow              start (or find) the run, then return
   --dry-run                print the commands, run nothing (not even gcloud look-ups)
   -h, --help               this help
 
@@ -67,6 +86,9 @@ while (($#)); do
     -h|--help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1; continue ;;
     --spot) SPOT=1; continue ;;
+    --queued) QUEUED=1; continue ;;
+    --follow) FOLLOW_ONLY=1; continue ;;
+    --no-follow) FOLLOW=0; continue ;;
     --*=*) key=${arg%%=*}; value=${arg#*=} ;;
     --*) key=$arg; (($#)) || die "$arg needs a value"; value=$1; shift ;;
     *) die "unexpected argument '$arg' (flags for cct_jax.main go after --)" ;;
@@ -91,35 +113,103 @@ done
 if [[ -z $RUN ]]; then
   RUN=$(basename "${CONFIG%%:*}" .py)
 fi
+[[ $RUN =~ ^[A-Za-z0-9._-]+$ ]] || die "--run takes letters, digits, '.', '_' and '-' only"
 WORKDIR=$BUCKET/runs/$RUN
+# On every worker: RUN's console log and its training's process id.
+RUN_DIR="\$HOME/cct-runs/$RUN"
 
 GCLOUD=(gcloud compute tpus tpu-vm)
+QUEUED_RESOURCES=(gcloud compute tpus queued-resources)
 WHERE=(--zone="$ZONE")
 if [[ -n $PROJECT ]]; then
   WHERE+=(--project="$PROJECT")
 fi
 
 # shellcheck source=SCRIPTDIR/lib.sh
-source "$REPO/launch/lib.sh"  # quote, run
+source "$REPO/launch/lib.sh"  # quote, command_line, run
 
 # Runs a shell command line on every worker of the slice.
 on_all_workers() {
   run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$1"
 }
 
-# 1. The slice: reused when it exists.
-create=("${GCLOUD[@]}" create "$NAME" "${WHERE[@]}" --accelerator-type="$ACCELERATOR"
-        --version="$VERSION")
+# Worker 0's console log, until its training process ends (tail --pid) or Ctrl-C.
+follow=("${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0
+        --command="tail -n 100 -F --pid=\"\$(cat $RUN_DIR/train.pid)\" $RUN_DIR/console.log")
+# Succeeds on a worker where RUN's training process is alive (its process id, not reused
+# by another program since, nor a zombie).
+is_training="ps -o args= -p \"\$(cat $RUN_DIR/train.pid 2>/dev/null)\" 2>/dev/null | grep -q cct_jax.main"
+
+if ((FOLLOW_ONLY)); then
+  run "${follow[@]}"
+  exit
+fi
+
+# The state of the queued resource NAME (ACTIVE, WAITING_FOR_RESOURCES, ...); '' if none.
+queued_state() {
+  "${QUEUED_RESOURCES[@]}" describe "$NAME" "${WHERE[@]}" --format='value(state.state)' \
+    2>/dev/null || true
+}
+
+wait_until_active() {
+  local state
+  while state=$(queued_state) && [[ $state != ACTIVE ]]; do
+    case $state in
+      FAILED|SUSPENDED|'') die "queued resource $NAME is ${state:-gone}; run again to ask anew" ;;
+      *) echo "queued resource $NAME: $state (next look in $POLL_SECONDS s)" ;;
+    esac
+    sleep "$POLL_SECONDS"
+  done
+}
+
+# 1. The slice, reused when it exists (then RUN may be training there already).
+reused=0
+if ((QUEUED)); then
+  create=("${QUEUED_RESOURCES[@]}" create "$NAME" --node-id="$NAME" "${WHERE[@]}"
+          --accelerator-type="$ACCELERATOR" --runtime-version="$VERSION")
+else
+  create=("${GCLOUD[@]}" create "$NAME" "${WHERE[@]}" --accelerator-type="$ACCELERATOR"
+          --version="$VERSION")
+fi
 if ((SPOT)); then
   create+=(--spot)
 fi
 if ((DRY_RUN)); then
-  echo "# when '${GCLOUD[*]} describe $NAME' finds no slice:"
+  if ((QUEUED)); then
+    echo "# when '${QUEUED_RESOURCES[*]} describe $NAME' finds none (a FAILED or SUSPENDED" \
+         "one is deleted first), then waiting until it is ACTIVE:"
+  else
+    echo "# when '${GCLOUD[*]} describe $NAME' finds no slice:"
+  fi
   run "${create[@]}"
+  echo "# when the slice exists and $RUN trains there already, only: $(command_line "${follow[@]}")"
+elif ((QUEUED)); then
+  state=$(queued_state)
+  case $state in
+    ACTIVE) reused=1; echo "reusing the queued resource $NAME in $ZONE" ;;
+    FAILED|SUSPENDED)
+      run "${QUEUED_RESOURCES[@]}" delete "$NAME" "${WHERE[@]}" --force --quiet
+      run "${create[@]}" ;;
+    '') run "${create[@]}" ;;
+    *) echo "queued resource $NAME: $state" ;;
+  esac
+  wait_until_active
 elif "${GCLOUD[@]}" describe "$NAME" "${WHERE[@]}" >/dev/null 2>&1; then
+  reused=1
   echo "reusing the TPU VM $NAME in $ZONE"
 else
   run "${create[@]}"
+fi
+
+# RUN training there already (the connection that started it dropped): attach to it.
+if ((reused)) &&
+   "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command="$is_training" >/dev/null 2>&1
+then
+  echo "$RUN trains on $NAME already (Ctrl-C stops following its log, not the training)"
+  if ((FOLLOW)); then
+    run "${follow[@]}"
+  fi
+  exit
 fi
 
 # 2. This checkout (without .git, .venv, runs), to ~/cct-jax on every worker.
@@ -142,13 +232,18 @@ if [[ -n $DATA ]]; then
   on_all_workers "mkdir -p $DATA_DIR && gcloud storage rsync --recursive --quiet $(quote "$DATA") $DATA_DIR/$(basename "$DATA")"
 fi
 
-# 5. Training on all workers at once; --multihost starts jax.distributed, which detects the
-#    slice. Run the same command again to resume from the latest checkpoint.
+# 5. Training on all workers at once, each in a session of its own (setsid: neither the
+#    SSH connection's end nor its SIGHUP reaches it), the console appended to RUN's
+#    console.log and copied to the bucket when training ends. A worker where RUN still
+#    trains starts nothing. --multihost starts jax.distributed, which detects the slice;
+#    the trainer resumes from the latest checkpoint in the workdir.
 train=(../cct-venv/bin/python -m cct_jax.main --multihost --config="$CONFIG"
        --workdir="$WORKDIR" ${EXTRA[@]+"${EXTRA[@]}"})
-train_line=""
-for word in "${train[@]}"; do
-  train_line+=" $(quote "$word")"
-done
-on_all_workers "cd ~/cct-jax && PYTHONUNBUFFERED=1${train_line}"
+log="$RUN_DIR/console.log"
+detached="cd ~/cct-jax && PYTHONUNBUFFERED=1 $(command_line "${train[@]}") >> $log 2>&1; status=\$?; gcloud storage cp $log $(quote "$WORKDIR/console")/\$(hostname).log; exit \$status"
+on_all_workers "mkdir -p $RUN_DIR && if $is_training; then echo \"\$(hostname): $RUN trains already\"; else setsid bash -c $(quote "$detached") < /dev/null > /dev/null 2>&1 & echo \$! > $RUN_DIR/train.pid; fi"
 echo "workdir: $WORKDIR (tensorboard --logdir $WORKDIR/tensorboard)"
+echo "console log: launch/tpu_pod.sh --bucket=$BUCKET --name=$NAME --zone=$ZONE --run=$RUN --follow"
+if ((FOLLOW)); then
+  run "${follow[@]}"
+fi

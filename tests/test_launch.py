@@ -1,18 +1,45 @@
-"""The launch scripts (issue 8): shellcheck-clean, --help, and --dry-run printing the
-gcloud / sbatch / srun commands they would run, which a real run then runs (stand-in
-gcloud and sbatch on the PATH record their arguments)."""
+"""The launch scripts (issues 8, 27): shellcheck-clean, --help, and --dry-run printing the
+gcloud / sbatch / srun commands they would run, which a real run then runs (stand-ins for
+gcloud and the Slurm tools on the PATH record their arguments). Slurm: CPUs per task, the
+time-limit signal, stop and requeue; TPU: training detached from SSH, attached to (not
+started twice) on a second run, queued resources."""
 
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(REPO, 'launch', 'tpu_pod.sh')
 SLURM = os.path.join(REPO, 'launch', 'slurm_gpu.sh')
+
+# What each stand-in does besides recording its arguments. Environment switches:
+# FAKE_SLICE=1 (the TPU VM exists), FAKE_TRAINING=1 (worker 0 runs the training),
+# FAKE_SRUN_WAITS=1 (srun runs until SIGTERM, as training does).
+_BEHAVIOUR = {
+    'gcloud': '''
+case "$*" in
+  *"queued-resources describe"*) [[ -f $STATE/queued ]] || exit 1; cat "$STATE/queued" ;;
+  *"queued-resources create"*) echo ACTIVE > "$STATE/queued" ;;
+  *"queued-resources delete"*) rm -f "$STATE/queued" ;;
+  *"tpu-vm describe"*) [[ ${FAKE_SLICE:-0} == 1 ]] ;;
+  *"--command=ps -o args="*) [[ ${FAKE_TRAINING:-0} == 1 ]] ;;
+esac''',
+    'sbatch': '',
+    'srun': '''
+if [[ ${FAKE_SRUN_WAITS:-0} == 1 ]]; then
+  trap 'exit 0' TERM
+  echo $$ > "$STATE/srun.pid"
+  while true; do sleep 0.05; done
+fi''',
+    'scancel': 'kill -TERM "$(cat "$STATE/srun.pid")"',
+    'scontrol': '',
+}
 
 
 def _shellcheck() -> str:
@@ -23,20 +50,20 @@ def _shellcheck() -> str:
 
 @pytest.fixture
 def fake_tools(tmp_path):
-  """gcloud, sbatch and srun that append their arguments to calls.log; `gcloud ...
-  describe` fails, as for a slice that does not exist yet."""
+  """gcloud, sbatch, srun, scancel and scontrol that append their arguments to calls.log
+  and act as _BEHAVIOUR says; by default no TPU VM or queued resource exists."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   log = tmp_path / 'calls.log'
-  for tool in ('gcloud', 'sbatch', 'srun'):
+  for tool, behaviour in _BEHAVIOUR.items():
     script = bin_dir / tool
     script.write_text('#!/usr/bin/env bash\n'
                       f'printf "%s" {tool} >> {log}\n'
                       f'printf " %q" "$@" >> {log}\n'
                       f'echo >> {log}\n'
-                      'for a in "$@"; do [[ $a == describe ]] && exit 1; done; exit 0\n')
+                      f'{behaviour}\n')
     script.chmod(0o755)
-  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}')
+  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', STATE=str(tmp_path))
   env.pop('SLURM_JOB_ID', None)
   return env, log
 
@@ -58,6 +85,25 @@ def _calls(log) -> list[list[str]]:
   return [shlex.split(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+def _remote(command: list[str]) -> str:
+  """The shell line a `gcloud ... ssh --command=...` runs on the workers."""
+  return next(a for a in command if a.startswith('--command='))[len('--command='):]
+
+
+def _ssh(commands) -> list[list[str]]:
+  return [c for c in commands if c[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']]
+
+
+def _same_archive(commands) -> list[list[str]]:
+  """`commands` with the checkout's archive, named after the script's process, as ARCHIVE."""
+  return [[a if not a.startswith('/tmp/cct-jax-') else 'ARCHIVE' for a in c] for c in commands]
+
+
+def _start_line(commands) -> str:
+  """The remote line that starts training on every worker."""
+  return next(_remote(c) for c in _ssh(commands) if 'setsid' in _remote(c))
+
+
 def test_launch_scripts_pass_shellcheck():
   library = os.path.join(REPO, 'launch', 'lib.sh')
   result = subprocess.run([_shellcheck(), '--severity=style', TPU, SLURM, library],
@@ -74,6 +120,11 @@ def test_help_and_bad_options(fake_tools):
     assert result.returncode == 2 and 'unknown option --no-such-option' in result.stderr
   result = _run(TPU, '--dry-run', env=env, check=False)
   assert result.returncode == 2 and '--bucket=gs://BUCKET is required' in result.stderr
+  result = _run(TPU, '--dry-run', '--bucket=gs://b', '--run=my run', env=env, check=False)
+  assert result.returncode == 2 and '--run takes letters' in result.stderr
+  for bad in ('--cpus-per-task=0', '--grace-seconds=soon'):
+    result = _run(SLURM, '--dry-run', '--workdir=/w', bad, env=env, check=False)
+    assert result.returncode == 2 and 'must be a positive integer' in result.stderr
   assert not _calls(log)
 
 
@@ -90,16 +141,37 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands_and_runs_nothing(fake_tools)
   assert {'pod', '--zone=us-central2-b', '--accelerator-type=v4-64'} <= set(gcloud[0])
   scp = next(c for c in gcloud if c[4] == 'scp')
   assert '--worker=all' in scp
-  ssh = [c for c in gcloud if c[4] == 'ssh']
-  assert all(c[5] == 'pod' and '--worker=all' in c for c in ssh)
-  remote = [next(a for a in c if a.startswith('--command='))[len('--command='):] for c in ssh]
+  ssh = _ssh(gcloud)
+  remote = [_remote(c) for c in ssh]
+  assert all(c[5] == 'pod' and '--worker=all' in c for c in ssh[:-1])
   assert any('jax[tpu]' in r and '[gcs]' in r for r in remote)  # installed on every worker
   assert any('gcloud storage rsync' in r and 'gs://my-bucket/VOCdevkit' in r for r in remote)
-  train = shlex.split(remote[-1].split('&&', 1)[1])
-  assert train[1:5] == ['../cct-venv/bin/python', '-m', 'cct_jax.main', '--multihost']
+
+  # Training starts detached from the SSH session, its console in a log file on each
+  # worker (copied to the workdir when it ends), unless that worker trains the run already.
+  start = _start_line(gcloud)
+  assert start.startswith('mkdir -p $HOME/cct-runs/voc-1464 && if ps -o args= -p ')
+  words = shlex.split(start)
+  detached = shlex.split(words[words.index('setsid') + 3])
+  train = detached[detached.index('../cct-venv/bin/python'):detached.index('>>')]
+  assert train[:4] == ['../cct-venv/bin/python', '-m', 'cct_jax.main', '--multihost']
   assert '--workdir=gs://my-bucket/runs/voc-1464' in train
   assert train[-2:] == ['--config.data.root=/tmp/cct_data/VOCdevkit/VOC2012',
                         '--config.optim.lr=0.02']
+  assert detached[detached.index('>>') + 1] == '$HOME/cct-runs/voc-1464/console.log'
+  copy = detached.index('cp')
+  assert detached[copy - 2:copy + 3] == [
+      'gcloud', 'storage', 'cp', '$HOME/cct-runs/voc-1464/console.log',
+      'gs://my-bucket/runs/voc-1464/console/$(hostname).log;']
+  assert words[words.index('setsid') + 1:words.index('setsid') + 3] == ['bash', '-c']
+
+  # Then it follows worker 0's console log; a second run finding the run alive only that.
+  assert ssh[-1][5:7] == ['pod', '--zone=us-central2-b'] and '--worker=0' in ssh[-1]
+  assert _remote(ssh[-1]).startswith('tail -n 100 -F --pid=')
+  alternative = '# when the slice exists and voc-1464 trains there already, only: '
+  [attach] = [line[len(alternative):] for line in result.stdout.splitlines()
+              if line.startswith(alternative)]
+  assert shlex.split(attach) == ssh[-1]
 
 
 def test_tpu_pod_runs_what_its_dry_run_prints(fake_tools):
@@ -110,8 +182,92 @@ def test_tpu_pod_runs_what_its_dry_run_prints(fake_tools):
   _run(TPU, *args, env=env)
   calls = _calls(log)
   assert calls[0][4] == 'describe'  # looked for the slice first, then created it
-  archive = lambda c: [a if not a.startswith('/tmp/cct-jax-') else 'ARCHIVE' for a in c]
-  assert [archive(c) for c in calls[1:]] == [archive(c) for c in printed]
+  assert _same_archive(calls[1:]) == _same_archive(printed)
+
+
+def test_tpu_pod_attaches_to_a_run_that_trains_already(fake_tools):
+  """After a dropped connection: the same command again starts nothing a second time."""
+  env, log = fake_tools
+  args = ('--bucket=gs://b', '--name=pod', '--run=voc')
+  follow = _ssh(_printed(_run(TPU, '--dry-run', *args, env=env).stdout))[-1]
+  result = _run(TPU, *args, env=dict(env, FAKE_SLICE='1', FAKE_TRAINING='1'))
+  describe, probe, attach = _calls(log)
+  assert describe[4] == 'describe' and _remote(probe).startswith('ps -o args= -p ')
+  assert attach == follow
+  assert 'voc trains on pod already' in result.stdout
+
+  # The slice exists but nothing trains (preempted, done, failed): set up and start again.
+  log.unlink()
+  _run(TPU, *args, '--no-follow', env=dict(env, FAKE_SLICE='1'))
+  calls = _calls(log)
+  assert 'create' not in [c[4] for c in calls]
+  assert 'setsid' in _remote(calls[-1])  # the start, not followed (--no-follow)
+
+
+def test_tpu_pod_detached_training_survives_its_shell_and_starts_once(fake_tools, tmp_path):
+  """The start line run on a stand-in worker: a home with the checkout and a Python that
+  trains for a moment."""
+  env, log = fake_tools
+  start = _start_line(_printed(_run(TPU, '--dry-run', '--bucket=gs://b', '--run=voc', '--',
+                                    '--config.optim.lr=0.02', env=env).stdout))
+  home = tmp_path / 'home'
+  (home / 'cct-jax').mkdir(parents=True)
+  python = home / 'cct-venv' / 'bin' / 'python'
+  python.parent.mkdir(parents=True)
+  python.write_text('#!/usr/bin/env bash\necho "training with $*"\nsleep 1\necho finished\n')
+  python.chmod(0o755)
+  worker = dict(env, HOME=str(home))
+  console = home / 'cct-runs' / 'voc' / 'console.log'
+
+  def start_on_worker() -> str:
+    # Returns at once: training goes on in its own session after this shell has ended.
+    return subprocess.run(['bash', '-c', start], env=worker, capture_output=True, text=True,
+                          timeout=10, check=True).stdout
+
+  def wait_for_the_log_copy(copies: int):
+    deadline = time.monotonic() + 20
+    while len([c for c in _calls(log) if c[:3] == ['gcloud', 'storage', 'cp']]) < copies:
+      assert time.monotonic() < deadline, 'training did not end with its log copied'
+      time.sleep(0.1)
+
+  assert start_on_worker() == ''
+  assert 'voc trains already' in start_on_worker()  # while it trains: nothing new
+  wait_for_the_log_copy(1)
+  assert console.read_text() == ('training with -m cct_jax.main --multihost '
+                                 '--config=configs/voc.py --workdir=gs://b/runs/voc '
+                                 '--config.optim.lr=0.02\nfinished\n')
+  [copy] = [c for c in _calls(log) if c[:3] == ['gcloud', 'storage', 'cp']]
+  assert copy[3:] == [str(console), f'gs://b/runs/voc/console/{os.uname().nodename}.log']
+
+  assert start_on_worker() == ''  # ended: the same line starts it again (it resumes)
+  wait_for_the_log_copy(2)
+  assert console.read_text().count('finished') == 2  # appended, not overwritten
+
+
+def test_tpu_pod_queued_resources(fake_tools):
+  env, log = fake_tools
+  args = ('--bucket=gs://b', '--name=pod', '--zone=us-east5-b', '--queued', '--spot',
+          '--accelerator-type=v6e-16', '--version=v2-alpha-tpuv6e', '--no-follow')
+  printed = [c for c in _printed(_run(TPU, '--dry-run', *args, env=env).stdout)
+             if c[0] == 'gcloud']
+  assert printed[0] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'create', 'pod',
+                        '--node-id=pod', '--zone=us-east5-b', '--accelerator-type=v6e-16',
+                        '--runtime-version=v2-alpha-tpuv6e', '--spot']
+
+  _run(TPU, *args, env=env)  # none yet: asked for, waited for until ACTIVE, then used
+  calls = _calls(log)
+  assert [c[3:5] for c in calls[:3]] == [['queued-resources', 'describe'],
+                                         ['queued-resources', 'create'],
+                                         ['queued-resources', 'describe']]
+  assert calls[1] == printed[0] and _same_archive(calls[3:]) == _same_archive(printed[1:])
+
+  # A Spot slice preempted: its queued resource is deleted and asked for again.
+  (log.parent / 'queued').write_text('SUSPENDED\n')
+  log.unlink()
+  _run(TPU, *args, env=env)
+  assert [c[3:5] for c in _calls(log)[:3]] == [['queued-resources', 'describe'],
+                                               ['queued-resources', 'delete'],
+                                               ['queued-resources', 'create']]
 
 
 def test_slurm_dry_run_prints_sbatch_and_srun(fake_tools):
@@ -120,31 +276,66 @@ def test_slurm_dry_run_prints_sbatch_and_srun(fake_tools):
                 '--workdir=/shared/runs/voc', '--', '--config.data.root=/shared/VOC2012',
                 env=env)
   assert not _calls(log), 'a dry run ran sbatch or srun'
-  sbatch, srun = _printed(result.stdout)
+  sbatch, srun, scancel, scontrol = _printed(result.stdout)
   assert sbatch[0] == 'sbatch' and {'--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8',
                                     '--partition=gpu', f'--chdir={REPO}'} <= set(sbatch)
+  # Eight cores per GPU for the input pipeline; told 300 s before the time limit, then
+  # requeued (the output file appended to, not truncated, by the requeued job).
+  assert {'--cpus-per-task=8', '--signal=B:USR1@300', '--requeue',
+          '--open-mode=append'} <= set(sbatch)
   # The job runs this script again, with the same options but --dry-run.
   assert sbatch[sbatch.index(SLURM):] == [SLURM, '--nodes=2', '--gpus-per-node=8',
                                           '--partition=gpu', '--workdir=/shared/runs/voc',
                                           '--', '--config.data.root=/shared/VOC2012']
-  assert srun[0] == 'srun' and {'--nodes=2', '--ntasks-per-node=8'} <= set(srun)
+  assert srun[0] == 'srun' and {'--nodes=2', '--ntasks-per-node=8',
+                                '--cpus-per-task=8'} <= set(srun)
   assert srun[srun.index('-m'):] == ['-m', 'cct_jax.main', '--multihost',
                                      '--config=configs/voc.py', '--workdir=/shared/runs/voc',
                                      '--config.data.root=/shared/VOC2012']
+  assert scancel == ['scancel', '--signal=TERM', 'JOBID']
+  assert scontrol == ['scontrol', 'requeue', 'JOBID']
 
-  # One process per node: it drives all the node's GPUs.
-  _, srun = _printed(_run(SLURM, '--dry-run', '--nodes=3', '--gpus-per-node=4', '--per-node',
-                          '--workdir=/w', env=env).stdout)
+  # One process per node: it drives all the node's GPUs, with their cores.
+  sbatch, srun, *_ = _printed(_run(SLURM, '--dry-run', '--nodes=3', '--gpus-per-node=4',
+                                   '--per-node', '--workdir=/w', env=env).stdout)
   assert '--ntasks-per-node=1' in srun
   assert '--export=ALL,JAX_LOCAL_DEVICE_IDS=0,1,2,3' in srun
+  assert '--cpus-per-task=32' in sbatch and '--cpus-per-task=32' in srun
+
+  sbatch, srun, *_ = _printed(_run(SLURM, '--dry-run', '--workdir=/w', '--cpus-per-task=12',
+                                   '--grace-seconds=900', env=env).stdout)
+  assert {'--cpus-per-task=12', '--signal=B:USR1@900'} <= set(sbatch)
+  assert '--cpus-per-task=12' in srun
 
 
 def test_slurm_submits_itself_and_runs_srun_inside_the_job(fake_tools):
   env, log = fake_tools
   args = ('--nodes=2', '--gpus-per-node=8', '--workdir=/shared/runs/voc')
-  sbatch, srun = _printed(_run(SLURM, '--dry-run', *args, env=env).stdout)
+  sbatch, srun, *_ = _printed(_run(SLURM, '--dry-run', *args, env=env).stdout)
   _run(SLURM, *args, env=env)
   assert _calls(log) == [sbatch]
   log.unlink()
   _run(SLURM, *args, env=dict(env, SLURM_JOB_ID='42'))  # what the job runs
   assert _calls(log) == [srun]
+
+
+@pytest.mark.parametrize('signum, requeued', [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_slurm_job_stops_its_steps_and_requeues_at_the_time_limit(fake_tools, signum,
+                                                                  requeued):
+  """USR1 (sbatch --signal, the time limit near): SIGTERM to the job steps, which save and
+  exit, then `scontrol requeue`. TERM (scancel, preemption): the same stop, no requeue."""
+  env, log = fake_tools
+  job = subprocess.Popen(['bash', SLURM, '--workdir=/w'], env=dict(
+      env, SLURM_JOB_ID='42', FAKE_SRUN_WAITS='1'), stdout=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 20
+  while not (log.parent / 'srun.pid').exists():  # training has started
+    assert time.monotonic() < deadline and job.poll() is None
+    time.sleep(0.05)
+  job.send_signal(signum)
+  stdout, _ = job.communicate(timeout=20)
+  assert job.returncode == 0
+  tools = [c[0] for c in _calls(log)]
+  assert _calls(log)[1:] == [['scancel', '--signal=TERM', '42']] + (
+      [['scontrol', 'requeue', '42']] if requeued else [])
+  assert tools[0] == 'srun'
+  assert ('requeueing job 42' in stdout) == requeued

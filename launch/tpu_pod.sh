@@ -138,7 +138,8 @@ follow=("${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0
         --command="tail -n 100 -F --pid=\"\$(cat $RUN_DIR/train.pid)\" $RUN_DIR/console.log")
 # Succeeds on a worker where RUN's training process is alive (its process id, not reused
 # by another program since, nor a zombie).
-is_training="ps -o args= -p \"\$(cat $RUN_DIR/train.pid 2>/dev/null)\" 2>/dev/null | grep -q cct_jax.main"
+is_training="ps -o args= -p \"\$(cat $RUN_DIR/train.pid 2>/dev/null)\" 2>/dev/null"
+is_training+=" | grep -q cct_jax.main"
 
 if ((FOLLOW_ONLY)); then
   run "${follow[@]}"
@@ -240,8 +241,11 @@ fi
 train=(../cct-venv/bin/python -m cct_jax.main --multihost --config="$CONFIG"
        --workdir="$WORKDIR" ${EXTRA[@]+"${EXTRA[@]}"})
 log="$RUN_DIR/console.log"
-detached="cd ~/cct-jax && PYTHONUNBUFFERED=1 $(command_line "${train[@]}") >> $log 2>&1; status=\$?; gcloud storage cp $log $(quote "$WORKDIR/console")/\$(hostname).log; exit \$status"
-on_all_workers "mkdir -p $RUN_DIR && if $is_training; then echo \"\$(hostname): $RUN trains already\"; else setsid bash -c $(quote "$detached") < /dev/null > /dev/null 2>&1 & echo \$! > $RUN_DIR/train.pid; fi"
+detached="cd ~/cct-jax && PYTHONUNBUFFERED=1 $(command_line "${train[@]}") >> $log 2>&1"
+detached+="; status=\$?; gcloud storage cp $log $(quote "$WORKDIR/console")/\$(hostname).log"
+detached+="; exit \$status"
+start="setsid bash -c $(quote "$detached") < /dev/null > /dev/null 2>&1 & echo \$! > $RUN_DIR/train.pid"
+on_all_workers "mkdir -p $RUN_DIR && if $is_training; then echo \"\$(hostname): $RUN trains already\"; else $start; fi"
 echo "workdir: $WORKDIR (tensorboard --logdir $WORKDIR/tensorboard)"
 echo "console log: launch/tpu_pod.sh --bucket=$BUCKET --name=$NAME --zone=$ZONE --run=$RUN --follow"
 if ((FOLLOW)); then

@@ -5,7 +5,7 @@ single-domain CCT baseline: 100 labelled images).
       --config.data.root=/data/cityscapes --config.model.pretrained=resnet50_deep.npz
 
 With TFDS's prepared `cityscapes/semantic_segmentation`, add
-`--config.data.name=cityscapes_tfds --config.data.tfds_dir=~/tensorflow_datasets`.
+`--config.data.cityscapes.tfds_dir=~/tensorflow_datasets` (instead of data.root).
 Expected: the paper reports Cityscapes only jointly with CamVid or SUN (Table 7); not
 measured here, no Cityscapes copy on these machines.
 Argument: the labelled count (default 100) or `smoke`.

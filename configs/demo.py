@@ -74,8 +74,9 @@ def get_config(arg: str = ''):
     config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
     config.weak.update(classifier_steps=4, classifier_log_every=2,
                        classifier_checkpoint_every=2)
-    config.data.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16, num_labelled=4,
-                       batch_size_labelled=4, batch_size_unlabelled=4, eval_batch_size=4)
+    config.data.update(num_labelled=4, batch_size_labelled=4, batch_size_unlabelled=4,
+                       eval_batch_size=4)
+    config.data.generated.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16)
     config.perturbations.counts = {name: min(count, 1)
                                    for name, count in config.perturbations.counts.items()}
   return config

@@ -17,7 +17,8 @@ lr 0.1, w_u 10, 100 labelled scenes per domain, batch 8 + 8, fashion5's 32-chann
 decoder blocks. The iterations double, 2400
 in all, so each domain trains as many as the single-domain demo. The perturbation roster
 is shared by the domains: tex5's, without the object masks (the mosaics have no
-background). fashion5 needs Debian's `dataset-fashion-mnist` (or `data.idx_dir`).
+background). fashion5 needs Debian's `dataset-fashion-mnist` (or
+`--config.domains.fashion5.generated.idx_dir`).
 
 Expected (benchmarks/accuracy.py --two_domains: 25 labels per domain, domain_batch_stats,
 3 seeds): average test mIoU 42.8 supervised, 47.0 CCT (+4.2), 48.4 CCT with the

@@ -3,11 +3,12 @@ with 1464 labelled images and ImageNet weights).
 
   python -m cct_jax.main --config=configs/voc.py:1464 --workdir=runs/voc_1464 \
       --config.data.root=/data/VOCdevkit/VOC2012 \
-      --config.data.split_dir=/data/cct_splits \
+      --config.data.voc.split_dir=/data/cct_splits \
       --config.model.pretrained=resnet50_deep.npz
 
-The argument is the labelled count (60 ... 1464; with `data.split_dir` the authors'
-`{n}_train_supervised.txt` files, without it a seeded split of train_aug) or `smoke`: a
+The argument is the labelled count (60 ... 1464; with `data.voc.split_dir` the authors'
+`{n}_train_supervised.txt` files; without it 1464 labels exactly VOC's train.txt, the
+paper's split, and other counts are a seeded draw from train_aug) or `smoke`: a
 tiny model on 64x64 crops for four steps, to check a dataset and the set-up on a CPU.
 50 epochs of the unlabelled set, batch 10 + 10, crop 320 (SPEC 4).
 """

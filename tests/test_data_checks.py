@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fakes
 from cct_jax import data
-from cct_jax.data import fake, voc
+from cct_jax.data import voc
 
 JPEGS = 'VOCdevkit/VOC2012/JPEGImages'
 MASKS = 'VOCdevkit/VOC2012/SegmentationClassAug'
@@ -15,7 +16,7 @@ MASKS = 'VOCdevkit/VOC2012/SegmentationClassAug'
 
 @pytest.fixture
 def root(tmp_path):
-  fake.write_voc(tmp_path)
+  fakes.write_voc_folder(str(tmp_path))
   return tmp_path
 
 
@@ -38,6 +39,11 @@ def _val_id(root, k=0):
                                      'ImageSets/Segmentation/val.txt'))[k]
 
 
+def _image_size(path) -> tuple[int, int]:
+  width, height = Image.open(path).size
+  return height, width
+
+
 def test_healthy_dataset_report(root):
   lines = []
   report = data.check_dataset(_config(root), print_fn=lines.append)
@@ -45,14 +51,20 @@ def test_healthy_dataset_report(root):
       ('train_labelled', 2), ('train_unlabelled', 6), ('val', 3)]
   assert report.splits[1].class_pixels is None
   val = report.splits[2]
-  assert val.class_pixels.sum() + val.ignored_pixels == 3 * 48 * 64
+  val_pixels = sum(np.prod(_image_size(root / JPEGS / f'{_val_id(root, k)}.jpg'))
+                   for k in range(3))
+  assert val.class_pixels.sum() + val.ignored_pixels == val_pixels
   assert 'background' in lines[0] and 'train_unlabelled' in lines[0]
+  assert ('labelled split: 2 labelled drawn by data.split_seed=0 from the 8 of '
+          'ImageSets/Segmentation/train_aug.txt') in lines[0]
 
 
 def test_missing_root_and_split_file(root, tmp_path):
   problems = _problems(_config(tmp_path / 'nowhere'))
   assert any('nowhere' in p and 'does not exist' in p for p in problems)
-  problems = _problems(_config(root, split_dir=str(tmp_path / 'splits')))
+  cfg = _config(root)
+  cfg.voc.split_dir = str(tmp_path / 'splits')
+  problems = _problems(cfg)
   assert any('2_train_supervised.txt: split file does not exist' in p for p in problems)
 
 
@@ -83,9 +95,10 @@ def test_truncated_image(root):
 
 def test_mask_of_another_size(root):
   path = root / MASKS / f'{_val_id(root)}.png'
-  Image.open(path).crop((0, 0, 60, 40)).save(path)
-  assert any(f'{path}: mask is 40x60 but its image is 48x64' in p
-             for p in _problems(_config(root)))
+  height, width = _image_size(path)
+  Image.open(path).crop((0, 0, width - 4, height - 8)).save(path)
+  assert any(f'{path}: mask is {height - 8}x{width - 4} but its image is {height}x{width}'
+             in p for p in _problems(_config(root)))
 
 
 def test_colour_mask(root):
@@ -100,15 +113,16 @@ def test_greyscale_and_rgba_images_become_rgb(root):
   Image.open(grey).convert('L').save(grey, format='JPEG')
   Image.open(rgba).convert('RGBA').save(rgba, format='PNG')  # A PNG named .jpg, too.
   source = data.make_source(_config(root), 'val')
-  for example in (source[0], source[1]):
-    assert example['image'].shape == (48, 64, 3) and example['image'].dtype == np.uint8
+  for example, path in ((source[0], grey), (source[1], rgba)):
+    assert example['image'].shape == (*_image_size(path), 3)
+    assert example['image'].dtype == np.uint8
   data.check_dataset(_config(root), print_fn=lambda _: None)
 
 
 def test_image_smaller_than_crop_is_padded(root):
-  cfg = _config(root, crop_size=96, base_size=0)  # Images are 48x64.
+  cfg = _config(root, crop_size=256, base_size=0)  # Images are at most 120x120.
   labelled, _ = next(data.make_train_streams(cfg))
-  assert labelled['image'].shape == (10, 96, 96, 3)
+  assert labelled['image'].shape == (10, 256, 256, 3)
   assert (labelled['mask'] == data.IGNORE_INDEX).mean() > 0.5
 
 

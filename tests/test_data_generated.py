@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+import fakes
 from cct_jax import data
-from cct_jax.data import fake, fashion5, tex5
+from cct_jax.data import fashion5, tex5
 
 
 def _examples_equal(a, b):
@@ -35,7 +36,7 @@ def test_tex5_regions_are_disjoint():
 @pytest.fixture(scope='module', params=[True, False], ids=['gz', 'plain'])
 def idx_dir(request, tmp_path_factory):
   path = tmp_path_factory.mktemp('idx')
-  fake.write_fashion_idx(str(path), num_train=60, num_test=20, gz=request.param)
+  fakes.write_fashion_idx(str(path), num_train=60, num_test=20, gz=request.param)
   return str(path)
 
 
@@ -63,8 +64,9 @@ def test_fashion5_item_pools_are_disjoint(idx_dir):
 
 def test_protocol_splits(idx_dir):
   cfg = data.default_data_config('fashion5')
-  cfg.update(dict(idx_dir=idx_dir, sizes=dict(train=30, val=4, test=4), labelled_pool=10,
-                  num_labelled=3))
+  cfg.num_labelled = 3
+  cfg.generated.update(dict(idx_dir=idx_dir, sizes=dict(train=30, val=4, test=4),
+                            labelled_pool=10))
   labelled = data.make_source(cfg, 'train_labelled')
   unlabelled = data.make_source(cfg, 'train_unlabelled')
   assert len(labelled) == 3 and set(labelled.indices) < set(range(10))
@@ -74,13 +76,15 @@ def test_protocol_splits(idx_dir):
   assert set(labelled.indices) < set(data.make_source(cfg, 'train_labelled').indices)
   cfg.split_seed = 1
   assert set(data.make_source(cfg, 'train_labelled').indices) != set(labelled.indices)
+  assert data.split_rule(cfg) == ('6 labelled drawn by data.split_seed=1 from the first 10 '
+                                  'training scenes (the labelled pool); the rest unlabelled')
 
 
 def test_missing_or_broken_idx_files(tmp_path):
   with pytest.raises(data.DataError, match='apt-get install dataset-fashion-mnist.*'
-                                           'data.idx_dir'):
+                                           'data.generated.idx_dir'):
     fashion5.Fashion5('train', 4, idx_dir=str(tmp_path / 'none'))
-  fake.write_fashion_idx(str(tmp_path), gz=False)
+  fakes.write_fashion_idx(str(tmp_path), gz=False)
   path = tmp_path / 'train-images-idx3-ubyte'
   path.write_bytes(path.read_bytes()[:-5])
   with pytest.raises(data.DataError, match='train-images-idx3-ubyte: truncated IDX file'):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fakes
 from cct_jax import data
-from cct_jax.data import cityscapes, fake, sources, voc
+from cct_jax.data import camvid, cityscapes, sources, sunrgbd, voc
 
 
 def _config(name, root, **overrides):
@@ -21,11 +22,11 @@ def _config(name, root, **overrides):
 @pytest.fixture(scope='module')
 def roots(tmp_path_factory):
   base = tmp_path_factory.mktemp('layouts')
-  fake.write_voc(base / 'voc')
-  fake.write_cityscapes(base / 'cityscapes')
-  fake.write_camvid(base / 'camvid')
-  fake.write_sun(base / 'sun')
-  fake.write_folder(base / 'folder')
+  fakes.write_voc_folder(str(base / 'voc'), num_train=5, num_sbd=3, num_val=3)
+  fakes.write_cityscapes_folder(str(base / 'cityscapes'))
+  fakes.write_camvid_folder(str(base / 'camvid'))
+  fakes.write_sun_folder(str(base / 'sun'))
+  fakes.write_custom_folder(str(base / 'folder'))
   return base
 
 
@@ -63,7 +64,9 @@ def test_voc_palette_masks_keep_their_indices_and_borders(roots):
                                  / f'{example["id"]}.png'))
   np.testing.assert_array_equal(example['mask'], stored)
   assert (example['mask'] == data.IGNORE_INDEX).any() and (example['mask'] == 0).any()
-  assert example['image'].dtype == np.uint8 and example['image'].shape == (48, 64, 3)
+  assert example['image'].dtype == np.uint8
+  assert example['image'].shape == (*stored.shape, 3)
+  assert len({source[i]['image'].shape for i in range(len(source))}) == len(source)
 
 
 def test_voc_seeded_splits_are_nested_disjoint_and_repeatable(roots, tmp_path):
@@ -72,8 +75,8 @@ def test_voc_seeded_splits_are_nested_disjoint_and_repeatable(roots, tmp_path):
     return [e.id for e in data.make_source(cfg, split).items]
 
   everything = set(ids(3, 'train_labelled') + ids(3, 'train_unlabelled'))
-  assert len(everything) == 8
-  for n in (1, 3, 5):
+  assert len(everything) == 8  # train.txt's 5 and SBD's 3: all of train_aug.txt.
+  for n in (1, 3, 6):
     assert not set(ids(n, 'train_labelled')) & set(ids(n, 'train_unlabelled'))
     assert set(ids(n, 'train_labelled')) <= set(ids(n + 1, 'train_labelled'))
   assert ids(3, 'train_labelled') != ids(3, 'train_labelled', seed=1)
@@ -86,9 +89,41 @@ def test_voc_seeded_splits_are_nested_disjoint_and_repeatable(roots, tmp_path):
   with open(tmp_path / '3_train_supervised.txt') as f:
     line = f.readline().split()
   assert line[0].startswith('/JPEGImages/') and line[1].startswith('/SegmentationClassAug/')
-  from_files = _config('voc', roots / 'voc', num_labelled=3, split_dir=str(tmp_path))
+  from_files = _config('voc', roots / 'voc', num_labelled=3)
+  from_files.voc.split_dir = str(tmp_path)
   for split, items in splits.items():
     assert data.make_source(from_files, split).items == tuple(items)
+  assert data.split_rule(from_files) == (
+      f"the authors' split files {tmp_path}/3_train_supervised.txt and "
+      f'{tmp_path}/3_train_unsupervised.txt')
+  assert data.split_rule(cfg) == ('3 labelled drawn by data.split_seed=0 from the 8 of '
+                                  'ImageSets/Segmentation/train_aug.txt, the other 5 '
+                                  'unlabelled')
+
+
+def _listed(roots, name):
+  return voc.read_lines(str(roots / 'voc/VOCdevkit/VOC2012/ImageSets/Segmentation' / name))
+
+
+def test_voc_labels_exactly_train_txt_when_the_count_is_its_length(roots):
+  """The paper's 1464 are VOC's train.txt, the rest of train_aug unlabelled: a count
+  equal to train.txt's length takes that split instead of a draw."""
+  fine, train_aug = _listed(roots, 'train.txt'), _listed(roots, 'train_aug.txt')
+  assert set(fine) < set(train_aug)  # The folder has SBD-only images, as VOC + SBD.
+  cfg = _config('voc', roots / 'voc', num_labelled=len(fine))
+  labelled = data.make_source(cfg, 'train_labelled')
+  unlabelled = data.make_source(cfg, 'train_unlabelled')
+  assert labelled.ids() == fine
+  assert unlabelled.ids() == [i for i in train_aug if i not in fine]
+  assert all(item.mask is None for item in unlabelled.items)
+  assert data.split_rule(cfg) == (
+      f'ImageSets/Segmentation/train.txt labelled ({len(fine)} images, as the paper), '
+      f'the other {len(train_aug) - len(fine)} of ImageSets/Segmentation/train_aug.txt '
+      'unlabelled')
+  # Any other count is a seeded draw over all of train_aug, SBD-only images included.
+  drawn = _config('voc', roots / 'voc', num_labelled=len(fine) - 1)
+  assert set(data.make_source(drawn, 'train_labelled').ids()) - set(fine)
+  assert 'drawn by data.split_seed' in data.split_rule(drawn)
 
 
 def test_seeded_split_properties():
@@ -110,7 +145,7 @@ def test_label_maps_of_cityscapes_camvid_and_sun(tmp_path):
   for name, raw_values, expected in (('camvid', [0, 10, 11], [0, 10, 255]),
                                      ('sun', [0, 1, 13], [255, 0, 12])):
     Image.fromarray(np.array([raw_values], np.uint8)).save(tmp_path / f'{name}.png')
-    lut = data.factory._LABEL_MAPS[name]()
+    lut = {'camvid': camvid, 'sun': sunrgbd}[name].label_map()
     ids = sources.read_mask(str(tmp_path / f'{name}.png'), name, lut)
     np.testing.assert_array_equal(ids, [expected])
 
@@ -132,8 +167,24 @@ def test_authors_unlabelled_lines_never_read_masks(roots, tmp_path):
     f.write('/JPEGImages/2007_000000.jpg /SegmentationClassAug/2007_000000.png\n')
   with open(tmp_path / '1_train_unsupervised.txt', 'w') as f:
     f.write('/JPEGImages/2007_000001.jpg /SegmentationClassAug/missing.png\n')
-  cfg = _config('voc', roots / 'voc', num_labelled=1, split_dir=str(tmp_path))
+  cfg = _config('voc', roots / 'voc', num_labelled=1)
+  cfg.voc.split_dir = str(tmp_path)
   unlabelled = data.make_source(cfg, 'train_unlabelled')
   assert unlabelled[0]['id'] == '2007_000001' and 'mask' not in unlabelled[0]
   assert os.path.basename(data.make_source(cfg, 'train_labelled').items[0].mask) == (
       '2007_000000.png')
+
+
+def test_test_folders_vary_where_the_real_data_varies(roots, tmp_path):
+  """VOC's val images come in many sizes (evaluation must cope: another module's tests
+  rely on this helper giving at least 20)."""
+  fakes.write_voc_folder(str(tmp_path), num_train=2, num_val=20)
+  val = data.make_source(_config('voc', tmp_path), 'val')
+  assert len({val[i]['image'].shape for i in range(len(val))}) == 20
+  sun = data.make_source(_config('sun', roots / 'sun'), 'train_labelled')
+  assert len({sun[i]['image'].shape for i in range(len(sun))}) == 2
+  custom = _config('folder', roots / 'folder', num_classes=3)
+  items = [i for split in data.TRAIN_SPLITS + ('val',)
+           for i in data.make_source(custom, split).items]
+  assert {os.path.splitext(i.image)[1] for i in items} == {'.jpg', '.jpeg', '.png'}
+  assert {Image.open(i.image).mode for i in items} == {'RGB', 'L'}

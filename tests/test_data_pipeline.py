@@ -12,8 +12,9 @@ from cct_jax.data import pipeline, transforms
 
 def _tex5(**overrides):
   cfg = data.default_data_config('tex5')
-  cfg.update(dict(sizes=dict(train=40, val=7, test=5), labelled_pool=8, num_labelled=4,
-                  batch_size_labelled=4, batch_size_unlabelled=4, crop_size=48))
+  cfg.generated.update(dict(sizes=dict(train=40, val=7, test=5), labelled_pool=8))
+  cfg.update(dict(num_labelled=4, batch_size_labelled=4, batch_size_unlabelled=4,
+                  crop_size=48))
   cfg.update(overrides)
   return cfg
 
@@ -166,3 +167,16 @@ def test_whole_images_need_padding_to_be_batched():
     data.make_eval_dataset(_tex5(eval_batch_size=2), 'val')
   whole = list(data.make_eval_dataset(_tex5(), 'test'))
   assert len(whole) == 5 and whole[0]['image'].shape == (1, 64, 64, 3)
+
+
+def test_worker_and_thread_counts_follow_the_host_unless_set():
+  auto = data.pipeline.AUTO
+  assert pipeline.input_workers(auto, auto, cores=2) == (0, 2)
+  assert pipeline.input_workers(auto, auto, cores=4) == (0, 2)
+  assert pipeline.input_workers(auto, auto, cores=16) == (4, 2)
+  assert pipeline.input_workers(auto, auto, cores=224) == (16, 2)  # A TPU v4 host.
+  assert pipeline.input_workers(3, 1, cores=224) == (3, 1)
+  assert pipeline.input_workers(auto, 5, cores=2) == (0, 5)
+  assert pipeline.input_workers(auto, auto) == pipeline.input_workers(
+      auto, auto, cores=pipeline.usable_cores())
+  assert data.default_data_config('voc').num_workers == auto

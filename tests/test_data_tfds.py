@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import fakes
 from cct_jax import data
-from cct_jax.data import fake
 
 _TOOL = pathlib.Path(__file__).parents[1] / 'tools' / 'export_tfds.py'
 _spec = importlib.util.spec_from_file_location('export_tfds', _TOOL)
@@ -18,16 +18,19 @@ _spec.loader.exec_module(export_tfds)
 
 def _tiny_tex5():
   cfg = data.default_data_config('tex5')
-  cfg.update(dict(sizes=dict(train=10, val=3, test=2), labelled_pool=5, num_labelled=2))
+  cfg.generated.update(dict(sizes=dict(train=10, val=3, test=2), labelled_pool=5))
+  cfg.num_labelled = 2
   return cfg
 
 
 def test_export_round_trip(tmp_path):
   cfg = _tiny_tex5()
   export_tfds.export(cfg, 'tiny_tex5', str(tmp_path))
-  exported = data.default_data_config('tfds')
-  exported.update(dict(tfds_name='tiny_tex5', tfds_dir=str(tmp_path), num_classes=5))
+  exported = _tiny_tex5()  # The same dataset, read from its export.
+  exported.update(dict(export_name='tiny_tex5', export_dir=str(tmp_path)))
   assert data.eval_splits(exported) == ('val', 'test')
+  assert data.split_rule(exported) == ("the labelled set stored in the export 'tiny_tex5' "
+                                       '(tools/export_tfds.py)')
   for split in data.TRAIN_SPLITS + ('val', 'test'):
     original, read_back = data.make_source(cfg, split), data.make_source(exported, split)
     assert len(original) == len(read_back)
@@ -35,13 +38,17 @@ def test_export_round_trip(tmp_path):
       a, b = original[index], read_back[index]
       assert a.keys() == b.keys()
       assert all(np.array_equal(a[k], b[k]) for k in a if k != 'id') and a['id'] == b['id']
+  exported.num_labelled = 3
+  with pytest.raises(ValueError, match="data.num_labelled=3 but the export 'tiny_tex5' "
+                                       'holds 2 labelled images'):
+    data.make_source(exported, 'train_labelled')
   with pytest.raises(FileExistsError, match='already holds a prepared dataset'):
     export_tfds.export(cfg, 'tiny_tex5', str(tmp_path))
 
 
 def _cityscapes_examples(count, rng):
   for i in range(count):
-    image, label_ids = fake.scene(rng, 16, 32, values=range(34))
+    image, label_ids = fakes.scene(rng, 16, 32, values=range(34))
     yield f'{i}', {'image_id': f'aachen_{i:06d}', 'image_left': export_tfds.png(image),
                    'segmentation_label': export_tfds.png(label_ids)}
 
@@ -58,8 +65,9 @@ def test_cityscapes_from_a_prepared_tfds_dataset(tmp_path):
       'cityscapes', {'train': _cityscapes_examples(5, rng),
                      'validation': _cityscapes_examples(2, rng)},
       data_dir=str(tmp_path), features=features, config='semantic_segmentation')
-  cfg = data.default_data_config('cityscapes_tfds')
-  cfg.update(dict(tfds_dir=str(tmp_path), num_labelled=2, resize_to=(8, 16)))
+  cfg = data.default_data_config('cityscapes')
+  cfg.update(dict(num_labelled=2, resize_to=(8, 16)))
+  cfg.cityscapes.tfds_dir = str(tmp_path)  # data.root is not read.
   val = data.make_source(cfg, 'val')
   assert len(val) == 2 and val[1]['id'] == 'aachen_000001'
   mask = val[0]['mask']
@@ -72,8 +80,8 @@ def test_cityscapes_from_a_prepared_tfds_dataset(tmp_path):
 
 
 def test_unprepared_tfds_dataset(tmp_path):
-  cfg = data.default_data_config('cityscapes_tfds')
-  cfg.tfds_dir = str(tmp_path)
+  cfg = data.default_data_config('cityscapes')
+  cfg.cityscapes.tfds_dir = str(tmp_path)
   with pytest.raises(data.DataError, match='(?s)is not prepared in array_record format.*'
                                            'tfds build cityscapes/semantic_segmentation'):
     data.make_source(cfg, 'val')

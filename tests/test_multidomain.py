@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fakes
 from cct_jax import checkpointing, defaults, losses, multidomain, parallel, train
-from cct_jax.data import fake
 from cct_jax.models import cct, multidomain as multidomain_model
 from cct_jax.models.discriminator import Discriminator, gradient_reversal
 
@@ -198,13 +198,13 @@ def test_paper_configs_assemble_and_pass_the_checks():
 @pytest.fixture(scope='module')
 def idx_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('fashion_idx')
-  fake.write_fashion_idx(str(path), num_train=60, num_test=20)
+  fakes.write_fashion_idx(str(path), num_train=60, num_test=20)
   return str(path)
 
 
 def _two_domain_config(idx_dir):
   config = defaults.load_config_file(os.path.join(CONFIGS, 'demo_two_domains.py'), 'smoke')
-  config.domains.fashion5.idx_dir = idx_dir
+  config.domains.fashion5.generated.idx_dir = idx_dir
   return config
 
 
@@ -221,7 +221,7 @@ def smoke_run(tmp_path_factory, idx_dir):
   """`configs/demo_two_domains.py:smoke` from the command line: 4 uninterrupted steps."""
   workdir = tmp_path_factory.mktemp('two_domains')
   _cli('--config=configs/demo_two_domains.py:smoke',
-       f'--config.domains.fashion5.idx_dir={idx_dir}', workdir=workdir)
+       f'--config.domains.fashion5.generated.idx_dir={idx_dir}', workdir=workdir)
   return workdir
 
 
@@ -236,7 +236,7 @@ def _metrics(workdir) -> list[dict]:
 
 
 def test_two_domain_demo_smoke_trains_evaluates_and_predicts(smoke_run, idx_dir, tmp_path):
-  workdir, override = smoke_run, f'--config.domains.fashion5.idx_dir={idx_dir}'
+  workdir, override = smoke_run, f'--config.domains.fashion5.generated.idx_dir={idx_dir}'
   results = _read_json(workdir / 'results.json')
   assert set(results['domains']) == {'fashion5', 'tex5'}
   assert {r['split'] for r in results['domains'].values()} == {'test'}

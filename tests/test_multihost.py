@@ -193,7 +193,8 @@ def test_evaluation_batches_are_padded_to_the_devices_and_scored_exactly():
   sys.path.insert(0, os.path.dirname(__file__))
   import multihost_worker  # pylint: disable=import-outside-toplevel
   config = _demo_config()
-  config.data.update(sizes=dict(train=64, val=7, test=8), eval_batch_size=3)
+  config.data.generated.sizes = dict(train=64, val=7, test=8)
+  config.data.eval_batch_size = 3
   stand_in = multihost_worker.stand_in_predictor(config.model.num_classes)
   dataset = factory.make_eval_dataset(config.data, 'val')
   scores, samples = train.evaluate_split(config, None, stand_in, dataset, parallel.data_mesh(),

@@ -19,6 +19,7 @@ import pytest
 from jax.sharding import AxisType
 from PIL import Image
 
+import fakes
 from cct_jax import checkpointing, defaults, models, parallel, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -363,8 +364,7 @@ def test_inconsistent_config_fails_before_anything_starts(tmp_path):
 
 
 def test_summary_with_a_data_root_checks_every_file(tmp_path):
-  from cct_jax.data import fake  # pylint: disable=import-outside-toplevel
-  voc_root = fake.write_voc(str(tmp_path / 'data'), num_train=6, num_val=2)
+  voc_root = fakes.write_voc_folder(str(tmp_path / 'data'), num_train=6, num_val=2)
   args = ('--config=configs/voc.py:smoke', '--mode=summary', f'--config.data.root={voc_root}',
           '--config.data.num_labelled=2')
   result = _cli(*args, workdir=tmp_path / 'ok')

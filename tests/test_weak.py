@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fakes
 from cct_jax import checkpointing, defaults, losses, models, parallel, perturbations, train
-from cct_jax.data import factory, fake, sources, voc, weak
+from cct_jax.data import factory, sources, voc, weak
 from cct_jax.weak import cams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,14 +131,15 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
 @pytest.fixture(scope='module')
 def idx_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('idx')
-  fake.write_fashion_idx(str(path), num_train=60, num_test=20)
+  fakes.write_fashion_idx(str(path), num_train=60, num_test=20)
   return str(path)
 
 
 def _data_config(idx_dir, **overrides):
   cfg = factory.default_data_config('fashion5')
-  cfg.update(dict(idx_dir=idx_dir, sizes=dict(train=12, val=4, test=4), labelled_pool=4,
-                  num_labelled=2))
+  cfg.generated.update(dict(idx_dir=idx_dir, sizes=dict(train=12, val=4, test=4),
+                            labelled_pool=4))
+  cfg.num_labelled = 2
   cfg.update(overrides)
   return cfg
 
@@ -232,7 +234,7 @@ def _cli(*args):
 def weak_run(idx_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('weak_run')
   common = ('--config=configs/demo.py:fashion5,smoke', f'--workdir={workdir}',
-            f'--config.data.idx_dir={idx_dir}')
+            f'--config.data.generated.idx_dir={idx_dir}')
   _cli(*common, '--mode=pretrain_cls', '--config.weak.classifier_steps=2',
        '--config.weak.classifier_batch_size=4', '--config.weak.classifier_checkpoint_every=1')
   pseudo = _cli(*common, '--mode=pseudo_labels')
@@ -244,7 +246,8 @@ def weak_run(idx_dir, tmp_path_factory):
 def _smoke_data_config(idx_dir):
   cfg = factory.default_data_config('fashion5')
   # configs/demo.py's smoke sizes: 64 training scenes, the first 16 the labelled pool.
-  cfg.update(dict(idx_dir=idx_dir, sizes=dict(train=64, val=8, test=8), labelled_pool=16))
+  cfg.generated.update(dict(idx_dir=idx_dir, sizes=dict(train=64, val=8, test=8),
+                            labelled_pool=16))
   return cfg
 
 

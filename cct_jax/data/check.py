@@ -1,6 +1,7 @@
 """`check_dataset`: read every example of every split once, before any training.
 
-It reports split sizes and per-class pixel frequencies, or raises one `DataError` that
+It reports the rule that chose the labelled images, split sizes and per-class pixel
+frequencies, or raises one `DataError` that
 lists every problem found (missing folders, split files and listed files, unreadable or
 truncated images, masks of the wrong size, colour masks, labels outside the classes), so
 a broken dataset is fixed in one pass rather than one crash at a time.
@@ -32,9 +33,11 @@ class DatasetReport:
   name: str
   class_names: tuple[str, ...]
   splits: list[SplitReport]
+  split_rule: str  # which rule chose the labelled images (factory.split_rule)
 
   def __str__(self) -> str:
-    lines = [f'dataset {self.name}: {len(self.class_names)} classes']
+    lines = [f'dataset {self.name}: {len(self.class_names)} classes',
+             f'  labelled split: {self.split_rule}']
     lines += [f'  {s.split:<18} {s.num_examples:>7} examples' for s in self.splits]
     labelled = [s for s in self.splits if s.class_pixels is not None]
     lines.append('  pixel frequency per class, % of the labelled pixels of each split')
@@ -83,6 +86,7 @@ def check_dataset(cfg, print_fn=print) -> DatasetReport:
       continue
     reports.append(_check_split(source, cfg.num_classes, problems, split))
   sources.raise_if_problems(problems)
-  report = DatasetReport(cfg.name, factory.class_names(cfg), reports)
+  report = DatasetReport(cfg.name, factory.class_names(cfg), reports,
+                         factory.split_rule(cfg))
   print_fn(str(report))
   return report

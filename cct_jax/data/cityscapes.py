@@ -6,10 +6,11 @@ unpacked side by side in `root`):
   leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
 
-The same data prepared by TFDS (`cityscapes/semantic_segmentation`, splits train /
-validation / test, features image_left, segmentation_label, image_id) is read with
-`tfds_source.TfdsSource(..., keys=TFDS_KEYS)`. Masks store the 34 labelIds; the 19 used
-for training become trainIds 0-18 and all others IGNORE_INDEX (as cityscapesScripts).
+Or the same data prepared by TFDS (`cityscapes/semantic_segmentation`, splits train /
+validation / test, features image_left, segmentation_label, image_id) in the TFDS data dir
+`data.cityscapes.tfds_dir` (then `data.root` is not read). Masks store the 34 labelIds;
+the 19 used for training become trainIds 0-18 and all others IGNORE_INDEX (as
+cityscapesScripts). The labelled images are a seeded draw from the training split.
 """
 
 import glob
@@ -17,7 +18,7 @@ import os
 
 import numpy as np
 
-from cct_jax.data import sources
+from cct_jax.data import dataset, sources, tfds_source
 
 NUM_CLASSES = 19
 CLASS_NAMES = (
@@ -55,3 +56,27 @@ def folder_items(root: str, split: str) -> list[sources.Item]:
   if not items:
     raise sources.DataError([f'{image_dir}: no <city>/*_leftImg8bit.png images'])
   return items
+
+
+def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool = False):
+  tfds_dir = cfg.cityscapes.tfds_dir
+  if not tfds_dir:
+    return dataset.folder_source(cfg, split, folder_items, label_map(),
+                                 check_files=check_files, keep_masks=keep_masks)
+  source = tfds_source.TfdsSource(
+      TFDS_NAME, TFDS_SPLITS[dataset.stored_split(split)], data_dir=tfds_dir,
+      label_map=label_map(), keys=TFDS_KEYS,
+      with_masks=split != 'train_unlabelled' or keep_masks)
+  if split not in dataset.TRAIN_SPLITS:
+    return source
+  labelled, unlabelled = sources.seeded_split(len(source), cfg.num_labelled, cfg.split_seed)
+  return sources.Subset(source, labelled if split == 'train_labelled' else unlabelled)
+
+
+DATASET = dataset.Dataset(
+    make_source=make_source,
+    split_rule=lambda cfg: dataset.seeded_rule(cfg, 'the training split'),
+    class_names=CLASS_NAMES, eval_splits=('val',),
+    defaults=dataset.fixed_size(512, 1024, num_labelled=100),
+    # '': the folders under data.root; else a TFDS data dir that holds TFDS_NAME.
+    section='cityscapes', section_defaults=dict(tfds_dir=''))

@@ -1,188 +1,147 @@
 """From a data config to sources, transforms and pipelines.
 
 Every dataset offers the splits 'train_labelled', 'train_unlabelled' (no masks) and its
-evaluation splits (`eval_splits`). `default_data_config(name)` holds every field, with the
-paper's settings for that dataset (SPEC 4 and 6):
+evaluation splits (`eval_splits`). Datasets are plug-ins: a module declares a
+`dataset.Dataset` (classes, evaluation splits, defaults, its config section, its source
+factory) and `DATASETS` below names it, one line each. `default_data_config(name)` holds
+the fields common to all datasets, set to the paper's settings for that dataset, and the
+dataset's own section:
 
-  name                     voc | cityscapes | cityscapes_tfds | camvid | sun | folder |
-                           tfds (written by tools/export_tfds.py) | tex5 | fashion5 |
-                           fashion11 (fashion5's scenes with the 10 fine classes)
-  root                     dataset folder (see each layout module's docstring)
+  name                     a key of DATASETS
+  root                     dataset folder (see each dataset module's docstring)
+  export_name, export_dir  read every split from this TFDS export of the dataset
+                           (tools/export_tfds.py, for multi-host reading) in that TFDS
+                           data dir, not from root ('': the dataset's own files)
   num_classes              must match the dataset (checked)
-  num_labelled, split_seed labelled images, drawn by the seed from the labelled pool
-                           (-1: all of it); VOC with split_dir reads the authors' files
-  split_dir, train_list, mask_dir   VOC only (voc.py)
-  scene_seed, sizes, labelled_pool, image_size, idx_dir   generated data (tex5, fashion5)
-  tfds_name, tfds_dir      TFDS datasets (tfds_source.py)
+  num_labelled, split_seed labelled images (-1: all of the labelled pool), and the seed
+                           of the draw where the dataset draws them (`split_rule` says
+                           which rule chose them)
   augment                  True: rescale (base_size x scale_range; base_size 0 = none),
-                           pad, crop_size crop, flip; False: resize to resize_to
+                           pad, crop_size crop, flip (paper sec. 4.3 for VOC); False:
+                           resize to resize_to
   mean, std                normalisation (ImageNet by default)
   batch_size_labelled, batch_size_unlabelled   global batch sizes
-  shuffle_seed, num_workers, read_threads, prefetch   the grain pipeline
+  shuffle_seed, num_workers, read_threads, prefetch   the grain pipeline; -1 workers or
+                           threads: chosen from the host's cores (`pipeline.input_workers`)
   eval_batch_size, eval_pad_to   eval: 1 whole image at a time, or padded batches
   image_labels             weak labels (sec. 3.3) of the unlabelled set, a file; '' = from
                            its masks (see weak.py)
   pseudo_labels            a folder of pseudo-label PNGs (--mode=pseudo_labels): the
                            unlabelled stream yields them as masks, for the weak loss
+  <section>                the dataset's own fields, only the configured dataset's:
+                           voc (voc.py), cityscapes (cityscapes.py), generated (tex5,
+                           fashion5, fashion11: generated.py)
 """
 
-import dataclasses
 import functools
-import os
 
 import grain
 import ml_collections
-import numpy as np
 
-from cct_jax.data import (camvid, cityscapes, fashion5, folder, generated, pipeline,
-                          sources, sunrgbd, tex5, tfds_source, transforms, voc, weak)
+from cct_jax.data import (camvid, cityscapes, dataset, fashion5, folder, pipeline, sources,
+                          sunrgbd, tex5, tfds_source, transforms, voc, weak)
 
-TRAIN_SPLITS = ('train_labelled', 'train_unlabelled')
-
-
-@dataclasses.dataclass(frozen=True)
-class _Dataset:
-  """What the factory knows of a dataset: its classes (None: from the data), evaluation
-  splits (the last one is reported) and config defaults that differ from VOC's."""
-  class_names: tuple[str, ...] | None
-  eval_splits: tuple[str, ...]
-  defaults: dict
-
-
-# Paper sec. 4.3: the domain-adaptation datasets train at a fixed size, no augmentation.
-def _fixed_size(height, width, num_labelled):
-  return dict(augment=False, resize_to=(height, width), num_labelled=num_labelled)
-
-
-# SPEC 6: 64x64 scenes, a 64 crop without rescaling (so only flips), 25 labels.
-_SCENES = dict(crop_size=64, base_size=0, num_labelled=25)
+TRAIN_SPLITS = dataset.TRAIN_SPLITS
 
 DATASETS = {
-    'voc': _Dataset(voc.CLASS_NAMES, ('val',), {}),
-    'cityscapes': _Dataset(cityscapes.CLASS_NAMES, ('val',), _fixed_size(512, 1024, 100)),
-    'cityscapes_tfds': _Dataset(cityscapes.CLASS_NAMES, ('val',), dict(
-        _fixed_size(512, 1024, 100), tfds_name=cityscapes.TFDS_NAME)),
-    'camvid': _Dataset(camvid.CLASS_NAMES, ('val', 'test'), _fixed_size(360, 480, 100)),
-    'sun': _Dataset(sunrgbd.CLASS_NAMES, ('test',), _fixed_size(480, 640, 1500)),
-    'folder': _Dataset(None, ('val', 'test'), {}),  # The eval splits that exist.
-    'tfds': _Dataset(None, ('val', 'test'), {}),  # The eval splits that were exported.
-    'tex5': _Dataset(tex5.CLASS_NAMES, ('val', 'test'), _SCENES),
-    'fashion5': _Dataset(fashion5.FIVE_CLASS_NAMES, ('val', 'test'), _SCENES),
-    'fashion11': _Dataset(fashion5.FINE_CLASS_NAMES, ('val', 'test'), _SCENES),
+    'voc': voc.DATASET,
+    'cityscapes': cityscapes.DATASET,
+    'camvid': camvid.DATASET,
+    'sun': sunrgbd.DATASET,
+    'folder': folder.DATASET,
+    'tex5': tex5.DATASET,
+    'fashion5': fashion5.FIVE,
+    'fashion11': fashion5.FINE,
 }
-_LABEL_MAPS = {'cityscapes': cityscapes.label_map, 'cityscapes_tfds': cityscapes.label_map,
-               'camvid': camvid.label_map, 'sun': sunrgbd.label_map}
-_LAYOUTS = {'cityscapes': cityscapes, 'camvid': camvid, 'sun': sunrgbd, 'folder': folder}
+
+# The fields of every data config, set to VOC's values (paper sec. 4.3 and the authors'
+# VOC config, github.com/yassouali/CCT configs/config.json).
+COMMON_DEFAULTS = dict(
+    name='voc', root='', export_name='', export_dir='', num_classes=21, num_labelled=1464,
+    split_seed=0,
+    augment=True, crop_size=320, base_size=400, scale_range=(0.5, 2.0), flip=True,
+    resize_to=(0, 0), mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
+    batch_size_labelled=10, batch_size_unlabelled=10,
+    shuffle_seed=0, num_workers=pipeline.AUTO, read_threads=pipeline.AUTO, prefetch=4,
+    eval_batch_size=1, eval_pad_to=(0, 0), image_labels='', pseudo_labels='')
+
+
+def _registered(name: str) -> dataset.Dataset:
+  if name not in DATASETS:
+    raise ValueError(f'unknown dataset data.name={name!r}; choose one of {tuple(DATASETS)}')
+  return DATASETS[name]
 
 
 def default_data_config(name: str = 'voc') -> ml_collections.ConfigDict:
-  """Every data field, set for dataset `name` (VOC's SPEC 4 settings by default)."""
-  if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; choose one of {tuple(DATASETS)}')
-  dataset = DATASETS[name]
-  cfg = ml_collections.ConfigDict(dict(
-      name=name, root='', num_classes=21, num_labelled=1464, split_seed=0,
-      split_dir='', train_list='ImageSets/Segmentation/train_aug.txt',
-      mask_dir='SegmentationClassAug',
-      scene_seed=0, sizes=dict(train=4500, val=200, test=500), labelled_pool=500,
-      image_size=64, idx_dir=fashion5.DEFAULT_IDX_DIR,
-      tfds_name='', tfds_dir='',
-      augment=True, crop_size=320, base_size=400, scale_range=(0.5, 2.0), flip=True,
-      resize_to=(0, 0),
-      mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
-      batch_size_labelled=10, batch_size_unlabelled=10,
-      shuffle_seed=0, num_workers=0, read_threads=2, prefetch=4,
-      eval_batch_size=1, eval_pad_to=(0, 0),
-      image_labels='', pseudo_labels='',
-  ))
-  cfg.update(dataset.defaults)
-  if dataset.class_names:
-    cfg.num_classes = len(dataset.class_names)
+  """Every field of a data config for dataset `name`, with the paper's settings for it."""
+  registered = _registered(name)
+  cfg = ml_collections.ConfigDict({**COMMON_DEFAULTS, **registered.defaults, 'name': name})
+  if registered.section:
+    cfg[registered.section] = dict(registered.section_defaults)
+  if registered.class_names is not None and not callable(registered.class_names):
+    cfg.num_classes = len(registered.class_names)
   return cfg
 
 
-def _dataset(cfg) -> _Dataset:
-  if cfg.name not in DATASETS:
-    raise ValueError(f'unknown dataset data.name={cfg.name!r}; choose one of '
-                     f'{tuple(DATASETS)}')
-  return DATASETS[cfg.name]
+def _field_homes(field: str) -> list[str]:
+  """Where `field` lives in the sections of the datasets that have it."""
+  return sorted({f'data.{d.section}.{field} ({name})' for name, d in DATASETS.items()
+                 if field in d.section_defaults})
+
+
+def _dataset(cfg) -> dataset.Dataset:
+  """The configured dataset, after checking that `cfg` holds exactly its fields."""
+  registered = _registered(cfg.name)
+  expected = set(COMMON_DEFAULTS) | ({registered.section} if registered.section else set())
+  problems = []
+  for field in sorted(set(cfg.keys()) - expected):
+    homes = _field_homes(field)
+    problems.append(f'data.{field} is not a field of {cfg.name}' +
+                    (f'; it is {", ".join(homes)}' if homes else ''))
+  problems += [f'data.{field} is missing' for field in sorted(expected - set(cfg.keys()))]
+  if registered.section in cfg:
+    section = cfg[registered.section]
+    problems += [f'data.{registered.section}.{field} is not a field of {cfg.name}'
+                 for field in sorted(set(section.keys()) - set(registered.section_defaults))]
+    problems += [f'data.{registered.section}.{field} is missing'
+                 for field in sorted(set(registered.section_defaults) - set(section.keys()))]
+  if problems:
+    raise ValueError(
+        f'data config of {cfg.name!r}: ' + '; '.join(problems) + '. A data config holds '
+        f"the common fields and its dataset's own section; make it with "
+        f"default_data_config({cfg.name!r}) rather than by changing data.name (config "
+        'files that offer several datasets take the dataset as their argument).')
+  return registered
+
+
+def check_data_config(cfg) -> None:
+  """Raises ValueError naming every field `cfg` lacks or has in excess for its dataset
+  (a typo, or another dataset's field)."""
+  _dataset(cfg)
 
 
 def class_names(cfg) -> tuple[str, ...]:
   """The class names of the configured dataset (numbers where the data has none)."""
-  if cfg.name == 'folder':
-    return tuple(folder.class_names(cfg.root))
-  return _dataset(cfg).class_names or tuple(str(c) for c in range(cfg.num_classes))
+  names = _dataset(cfg).class_names
+  if callable(names):
+    return tuple(names(cfg))
+  return tuple(names) if names else tuple(str(c) for c in range(cfg.num_classes))
 
 
 def eval_splits(cfg) -> tuple[str, ...]:
   """The evaluation splits of the configured dataset (the last one is reported)."""
   splits = _dataset(cfg).eval_splits
-  if cfg.name == 'folder':
-    return tuple(s for s in splits if folder.has_split(cfg.root, s))
-  if cfg.name == 'tfds':
-    stored = tfds_source.split_names(cfg.tfds_name, cfg.tfds_dir)
-    return tuple(s for s in splits if s in stored)
-  return splits
+  if cfg.export_name:
+    return tfds_source.exported_eval_splits(cfg.export_name, cfg.export_dir)
+  return tuple(splits(cfg) if callable(splits) else splits)
 
 
-def _labelled_pool_split(items: list[sources.Item], split: str, cfg,
-                         keep_masks: bool) -> list[sources.Item]:
-  """A seeded split of the items that have masks; the unlabelled set is all the rest."""
-  pool = [i for i in items if i.mask is not None]
-  extra = [i for i in items if i.mask is None]
-  labelled, unlabelled = sources.seeded_split(len(pool), cfg.num_labelled, cfg.split_seed)
-  if split == 'train_labelled':
-    return [pool[i] for i in labelled]
-  unlabelled = [pool[i] for i in unlabelled] + extra
-  return unlabelled if keep_masks else sources.without_masks(unlabelled)
-
-
-def _file_source(cfg, split: str, label_map: np.ndarray, check_files: bool,
-                 keep_masks: bool) -> sources.FileSource:
-  if cfg.name == 'voc':
-    items = voc.split_items(cfg.root, split, num_labelled=cfg.num_labelled,
-                            split_seed=cfg.split_seed, split_dir=cfg.split_dir,
-                            train_list=cfg.train_list, mask_dir=cfg.mask_dir,
-                            keep_masks=keep_masks)
-  else:
-    items = _LAYOUTS[cfg.name].folder_items(
-        cfg.root, 'train' if split in TRAIN_SPLITS else split)
-    if split in TRAIN_SPLITS:
-      items = _labelled_pool_split(items, split, cfg, keep_masks)
-  return sources.FileSource(items, label_map, check_files)
-
-
-def _generated_source(cfg, split: str, keep_masks: bool):
-  official = 'train' if split in TRAIN_SPLITS else split
-  if cfg.name == 'tex5':
-    source = tex5.Tex5(official, cfg.sizes[official], cfg.scene_seed, cfg.image_size)
-  else:
-    class_map = {'fashion5': fashion5.FIVE_CLASS_MAP,
-                 'fashion11': fashion5.FINE_CLASS_MAP}[cfg.name]
-    source = fashion5.Fashion5(official, cfg.sizes[official], cfg.scene_seed,
-                               idx_dir=cfg.idx_dir, class_map=class_map,
-                               image_size=cfg.image_size)
-  if split not in TRAIN_SPLITS:
-    return source
-  return generated.protocol_subset(source, split, num_labelled=cfg.num_labelled,
-                                   labelled_pool=cfg.labelled_pool,
-                                   split_seed=cfg.split_seed, keep_masks=keep_masks)
-
-
-def _tfds_source(cfg, split: str, label_map: np.ndarray, keep_masks: bool):
-  with_masks = split != 'train_unlabelled' or keep_masks
-  if cfg.name == 'tfds':  # Exported splits are stored under our split names.
-    return tfds_source.TfdsSource(cfg.tfds_name, split, data_dir=cfg.tfds_dir,
-                                  label_map=label_map, with_masks=with_masks)
-  official = cityscapes.TFDS_SPLITS['train' if split in TRAIN_SPLITS else split]
-  source = tfds_source.TfdsSource(cfg.tfds_name, official, data_dir=cfg.tfds_dir,
-                                  label_map=label_map, keys=cityscapes.TFDS_KEYS,
-                                  with_masks=with_masks)
-  if split not in TRAIN_SPLITS:
-    return source
-  labelled, unlabelled = sources.seeded_split(len(source), cfg.num_labelled, cfg.split_seed)
-  return sources.Subset(source, labelled if split == 'train_labelled' else unlabelled)
+def split_rule(cfg) -> str:
+  """One line saying which rule chose the labelled images, for logs and summaries."""
+  if cfg.export_name:
+    return (f'the labelled set stored in the export {cfg.export_name!r} '
+            '(tools/export_tfds.py)')
+  return _dataset(cfg).split_rule(cfg)
 
 
 def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool = False):
@@ -191,22 +150,22 @@ def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool =
   file exists unless `check_files` is False (then reading a missing one fails).
   `keep_masks`: unlabelled images keep the masks the dataset has for them (to score
   pseudo-labels, or derive image-level labels), else they have none."""
-  if cfg.name in ('voc', *_LAYOUTS) and not os.path.isdir(cfg.root):
-    raise sources.DataError([f'{cfg.root or "data.root"}: {cfg.name} folder does not exist '
-                             '(set data.root)'])
+  registered = _dataset(cfg)
   splits = TRAIN_SPLITS + eval_splits(cfg)
   if split not in splits:
     raise ValueError(f'{cfg.name} has no split {split!r}; it has {splits}')
   if len(class_names(cfg)) != cfg.num_classes:
     raise ValueError(f'data.num_classes={cfg.num_classes} but {cfg.name} has '
                      f'{len(class_names(cfg))} classes')
-  if cfg.name in ('tex5', 'fashion5', 'fashion11'):
-    return _generated_source(cfg, split, keep_masks)
-  label_map = (_LABEL_MAPS[cfg.name]() if cfg.name in _LABEL_MAPS
-               else sources.index_label_map(cfg.num_classes))
-  if cfg.name in ('tfds', 'cityscapes_tfds'):
-    return _tfds_source(cfg, split, label_map, keep_masks)
-  return _file_source(cfg, split, label_map, check_files, keep_masks)
+  if not cfg.export_name:
+    return registered.make_source(cfg, split, check_files=check_files,
+                                  keep_masks=keep_masks)
+  source = tfds_source.exported_source(cfg.export_name, cfg.export_dir, split,
+                                       num_classes=cfg.num_classes, keep_masks=keep_masks)
+  if split == 'train_labelled' and cfg.num_labelled not in (-1, len(source)):
+    raise ValueError(f'data.num_labelled={cfg.num_labelled} but the export '
+                     f'{cfg.export_name!r} holds {len(source)} labelled images')
+  return source
 
 
 def make_weak_source(cfg, *, keep_masks: bool = False):

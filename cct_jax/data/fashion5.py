@@ -1,4 +1,4 @@
-""""fashion5": 64x64 scenes of 1-3 items from MNIST-format IDX files (SPEC 6).
+""""fashion5": 64x64 scenes of 1-3 items from MNIST-format IDX files.
 
 The default files are Fashion-MNIST from Debian's `dataset-fashion-mnist`, in
 /usr/share/datasets/fashion-mnist/: {train,t10k}-{images-idx3,labels-idx1}-ubyte, each
@@ -11,7 +11,9 @@ noise; 1-3 items, each resized from 28 px to U{20..36} px, given a random colour
 distance > 0.5 from the background, alpha = clip(1.5 x intensity, 0, 1), pasted at a
 random position (later items occlude earlier ones) and labelled on its hole-filled
 `intensity > 0.05` mask; finally N(0, 0.03) noise, clipped to [0, 1]. Class 0 is the
-background; item classes follow a class map (5 merged classes by default, or 10 fine).
+background; item classes follow a class map: dataset 'fashion5' merges the items into 4
+classes, 'fashion11' keeps the 10 fine ones. Their config section `data.generated` adds
+`idx_dir` to generated.py's fields.
 """
 
 import functools
@@ -42,7 +44,7 @@ def _idx_path(idx_dir: str, stem: str) -> str:
   raise sources.DataError([
       f'{os.path.join(idx_dir, stem)}[.gz]: IDX file does not exist. Install Fashion-MNIST '
       f'with `apt-get install dataset-fashion-mnist` (files in {DEFAULT_IDX_DIR}), or '
-      'point data.idx_dir at another folder of MNIST-format IDX files.'])
+      'point data.generated.idx_dir at another folder of MNIST-format IDX files.'])
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -121,3 +123,15 @@ class Fashion5(generated.GeneratedSource):
     images, labels = item_pool(self.idx_dir, self.split, self.seed)
     image, mask = scene(rng, images, labels, self.class_map, self.image_size)
     return generated.to_rgb_uint8(image), mask
+
+
+def scenes(split: str, section, class_map) -> Fashion5:
+  """The item scenes of `split` as `data.generated` sets them."""
+  return Fashion5(split, section.sizes[split], section.scene_seed, idx_dir=section.idx_dir,
+                  class_map=class_map, image_size=section.image_size)
+
+
+FIVE = generated.generated_dataset(functools.partial(scenes, class_map=FIVE_CLASS_MAP),
+                                   FIVE_CLASS_NAMES, idx_dir=DEFAULT_IDX_DIR)
+FINE = generated.generated_dataset(functools.partial(scenes, class_map=FINE_CLASS_MAP),
+                                   FINE_CLASS_NAMES, idx_dir=DEFAULT_IDX_DIR)

@@ -7,17 +7,20 @@ Expected layout (`root`):
   masks/{train,val,test}/<name>.png  index PNGs (palette or greyscale) of class ids, 255
                                      for unlabelled pixels. A training image without a mask
                                      is unlabelled; every val and test image needs one.
+
+The labelled images are a seeded draw from the training images that have masks.
 """
 
 import glob
 import os
 
-from cct_jax.data import sources
+from cct_jax.data import dataset, sources
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 
 def class_names(root: str) -> list[str]:
+  """The names listed in `root`/classes.txt."""
   path = os.path.join(root, 'classes.txt')
   if not os.path.isfile(path):
     raise sources.DataError([f'{path}: class list does not exist (one name per line)'])
@@ -43,3 +46,17 @@ def folder_items(root: str, split: str) -> list[sources.Item]:
     unlabelled = split == 'train' and not os.path.isfile(mask)
     items.append(sources.Item(name, image, None if unlabelled else mask))
   return items
+
+
+def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool = False):
+  return dataset.folder_source(cfg, split, folder_items,
+                               sources.index_label_map(cfg.num_classes),
+                               check_files=check_files, keep_masks=keep_masks)
+
+
+DATASET = dataset.Dataset(
+    make_source=make_source,
+    split_rule=lambda cfg: dataset.seeded_rule(cfg, 'the training images with masks'),
+    class_names=lambda cfg: class_names(dataset.require_root(cfg)),
+    eval_splits=lambda cfg: tuple(s for s in ('val', 'test')
+                                  if has_split(dataset.require_root(cfg), s)))

@@ -1,17 +1,23 @@
-"""Scenes generated from real bundled pixels (SPEC 6): the shared split protocol.
+"""Scenes generated from real pixels that ship in packages (the bundled datasets tex5 and
+fashion5, README's Data section): what they share.
 
 Scene i of a split is a pure function of (seed, split, i): it is drawn from
 `np.random.default_rng([seed, split code, i])`, so a source is random-access, identical in
 every process and worker, and nothing generated is stored. The protocol: a training split
-of `num_train` scenes whose labelled examples are drawn (by the run's split seed) from the
+of `sizes.train` scenes whose labelled examples are drawn (by the run's split seed) from the
 first `labelled_pool`; the scenes after the pool form the unlabelled set.
+
+Their config section, `data.generated`: `scene_seed` (which scenes), `sizes` (scenes per
+split), `labelled_pool` and `image_size` (the side of the square scenes).
 """
 
 import abc
+import functools
+from collections.abc import Callable
 
 import numpy as np
 
-from cct_jax.data import sources
+from cct_jax.data import dataset, sources
 
 SPLIT_CODES = {'train': 0, 'val': 1, 'test': 2}
 
@@ -60,6 +66,37 @@ def protocol_subset(train: GeneratedSource, split: str, *, num_labelled: int,
     return sources.Subset(train, labelled)
   return sources.Subset(train, np.arange(labelled_pool, len(train)),
                         drop_masks=not keep_masks)
+
+
+def make_source(scenes: Callable[..., GeneratedSource], cfg, split: str, *,
+                check_files: bool = True, keep_masks: bool = False):
+  """The source of `split`; `scenes(split_name, section)` gives the dataset's scenes of
+  its split 'train', 'val' or 'test' as `data.generated` (`section`) sets them."""
+  del check_files  # Nothing is read from files.
+  source = scenes(dataset.stored_split(split), cfg.generated)
+  if split not in dataset.TRAIN_SPLITS:
+    return source
+  return protocol_subset(source, split, num_labelled=cfg.num_labelled,
+                         labelled_pool=cfg.generated.labelled_pool,
+                         split_seed=cfg.split_seed, keep_masks=keep_masks)
+
+
+def split_rule(cfg) -> str:
+  return dataset.seeded_rule(
+      cfg, f'the first {cfg.generated.labelled_pool} training scenes (the labelled pool)')
+
+
+def generated_dataset(scenes: Callable[..., GeneratedSource], class_names,
+                      **section_fields) -> dataset.Dataset:
+  """A dataset of generated scenes: 64x64 by default, cropped to 64 without rescaling (so
+  only flips), 25 labels; `section_fields` add to `data.generated`."""
+  return dataset.Dataset(
+      make_source=functools.partial(make_source, scenes),
+      split_rule=split_rule, class_names=class_names, eval_splits=('val', 'test'),
+      defaults=dict(crop_size=64, base_size=0, num_labelled=25),
+      section='generated',
+      section_defaults=dict(scene_seed=0, sizes=dict(train=4500, val=200, test=500),
+                            labelled_pool=500, image_size=64, **section_fields))
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:

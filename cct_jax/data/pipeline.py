@@ -1,8 +1,8 @@
 """grain pipelines: the paired training streams and the evaluation batches.
 
-Training (SPEC 4): a labelled and an unlabelled stream, each shuffled and repeated with
-its own seed (the labelled set is reshuffled and re-augmented every time it is
-exhausted), augmented, sliced per process and batched. Augmentation happens before the
+Training (a labelled and an unlabelled batch per iteration, paper App. C, Algorithm 1):
+a labelled and an unlabelled stream, each shuffled and repeated with its own seed (the
+labelled set is reshuffled and re-augmented every time it is exhausted), augmented, sliced per process and batched. Augmentation happens before the
 per-process slice, so element k of the global stream, and its random crop, do not depend
 on the number of processes; at step t process p takes the global elements
 [t * B + p * B / P, t * B + (p + 1) * B / P), so the P local batches, joined in process
@@ -20,12 +20,15 @@ step, valid for any number of workers and processes.
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 
 import grain
 import numpy as np
 
 from cct_jax.data.sources import IGNORE_INDEX
+
+AUTO = -1  # data.num_workers / data.read_threads: chosen from the host's cores.
 
 
 def per_process_batch_size(global_batch: int, *, device_count: int,
@@ -60,10 +63,42 @@ def train_dataset(source, transform: Callable, *, batch_size: int, seed: int,
   return ds[start_step:]
 
 
-def prefetched(ds: grain.MapDataset, *, num_workers: int = 0, read_threads: int = 2,
+def usable_cores() -> int:
+  """The cores this process may run on: a Slurm task's --cpus-per-task, taskset and
+  container CPU sets show here, where os.cpu_count() counts the whole machine."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def input_workers(num_workers: int = AUTO, read_threads: int = AUTO,
+                  cores: int | None = None) -> tuple[int, int]:
+  """(worker processes, read threads per process), AUTO ones chosen for `cores` (default
+  `usable_cores()`).
+
+  Up to 4 cores: no worker processes and 2 read threads. On 2 cores (benchmarks/
+  input_pipeline.py, VOC's augmentation at 320) worker processes read no faster, and 2
+  threads keep both cores busy while the GIL is released in decoding and resizing.
+  More cores: one worker process per 4 cores, at most 16, each with 2 read threads, so
+  the readers take about half the cores and leave the rest to the training loop
+  (dispatch, host-to-device copies). That is a rule, not measured beyond 2 cores; where
+  several processes share a host without being bound to their own cores (Slurm binds
+  each task to its --cpus-per-task), set data.num_workers per process.
+  """
+  cores = cores or usable_cores()
+  if num_workers == AUTO:
+    num_workers = 0 if cores <= 4 else min(cores // 4, 16)
+  if read_threads == AUTO:
+    read_threads = 2
+  return num_workers, read_threads
+
+
+def prefetched(ds: grain.MapDataset, *, num_workers: int = AUTO, read_threads: int = AUTO,
                prefetch: int = 4) -> grain.IterDataset:
   """`ds` read by `read_threads` threads in each of `num_workers` worker processes (0:
-  in this process), with up to `prefetch` batches read ahead per process."""
+  in this process; AUTO: `input_workers`), with up to `prefetch` batches read ahead per
+  process."""
+  num_workers, read_threads = input_workers(num_workers, read_threads)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=prefetch))
   if num_workers:

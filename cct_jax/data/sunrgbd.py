@@ -8,10 +8,11 @@ Expected layout (`root`), images numbered from 000001:
   test13labels/img13labels-<n>.png
 """
 
+import functools
 import glob
 import os
 
-from cct_jax.data import sources
+from cct_jax.data import dataset, sources
 
 NUM_CLASSES = 13
 CLASS_NAMES = ('bed', 'books', 'ceiling', 'chair', 'floor', 'furniture', 'objects',
@@ -35,3 +36,11 @@ def folder_items(root: str, split: str) -> list[sources.Item]:
     mask = os.path.join(root, f'{split}13labels', f'img13labels-{number}.png')
     items.append(sources.Item(f'{split}-{number}', image, mask))
   return items
+
+
+DATASET = dataset.Dataset(
+    make_source=functools.partial(dataset.folder_source, folder_items=folder_items,
+                                  label_map=label_map()),
+    split_rule=lambda cfg: dataset.seeded_rule(cfg, 'the training images'),
+    class_names=CLASS_NAMES, eval_splits=('test',),
+    defaults=dataset.fixed_size(480, 640, num_labelled=1500))

@@ -1,4 +1,4 @@
-""""tex5": 64x64 mosaics of five real textures bundled with scikit-image (SPEC 6).
+""""tex5": 64x64 mosaics of five real textures bundled with scikit-image.
 
 Classes 0-4: brick, grass, gravel, moon and immunohistochemistry (to grey). Each texture
 is cropped to 512x512 and area-averaged to 256x256; the splits draw from disjoint regions
@@ -72,3 +72,11 @@ class Tex5(generated.GeneratedSource):
     rows, cols = REGIONS[self.split]
     image, mask = mosaic(rng, textures()[:, rows, cols], self.image_size)
     return generated.to_rgb_uint8(image), mask
+
+
+def scenes(split: str, section) -> Tex5:
+  """The mosaics of `split` as `data.generated` sets them."""
+  return Tex5(split, section.sizes[split], section.scene_seed, section.image_size)
+
+
+DATASET = generated.generated_dataset(scenes, CLASS_NAMES)

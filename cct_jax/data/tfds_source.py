@@ -4,12 +4,17 @@ A TFDS dataset must already be prepared in the array_record format under `data_d
 (the default TFDS data dir when empty): Cityscapes through its manual download, or any
 dataset that `tools/export_tfds.py` wrote. Images and masks are kept as encoded bytes by
 TFDS and decoded here, so they get the same conversion and checks as files on disk.
+
+Any dataset may be read from its export by tools/export_tfds.py instead of its own files
+(`data.export_name` in the TFDS data dir `data.export_dir`, see factory.py): the export
+stores the splits under our split names, the labelled set as the exporting config chose
+it, and masks of class ids 0..num_classes-1.
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cct_jax.data import sources
+from cct_jax.data import dataset, sources
 
 
 def split_names(name: str, data_dir: str = '') -> tuple[str, ...]:
@@ -76,3 +81,18 @@ class TfdsSource:
 
   def __repr__(self) -> str:
     return f'TfdsSource({self.name!r}, {self.split!r}, data_dir={self.data_dir!r})'
+
+
+def exported_eval_splits(name: str, data_dir: str = '') -> tuple[str, ...]:
+  """The evaluation splits a tools/export_tfds.py export holds, in the order it wrote them
+  (the last one is reported)."""
+  return tuple(s for s in split_names(name, data_dir) if s not in dataset.TRAIN_SPLITS)
+
+
+def exported_source(name: str, data_dir: str, split: str, *, num_classes: int,
+                    keep_masks: bool = False) -> TfdsSource:
+  """`split` of a tools/export_tfds.py export: stored under our split names, masks of
+  class ids."""
+  return TfdsSource(name, split, data_dir=data_dir,
+                    label_map=sources.index_label_map(num_classes),
+                    with_masks=split != 'train_unlabelled' or keep_masks)

@@ -1,4 +1,5 @@
-"""Per-example transforms (SPEC 4): random rescale, pad, crop and flip; fixed resize; eval.
+"""Per-example transforms (paper sec. 4.3): random rescale, pad, crop and flip; fixed
+resize; eval.
 
 Each takes a source example (uint8 'image', optional int32 'mask') and returns float32
 'image' normalised by mean/std and, when the example has one, an int32 'mask'. Unlabelled
@@ -71,7 +72,8 @@ def finish(example: dict, mean, std) -> dict:
 def scale_crop_flip(example: dict, rng: np.random.Generator, *, crop_size: int,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, base_size: int = 0,
                     scale_range=(0.5, 2.0), flip: bool = True) -> dict:
-  """The VOC training augmentation (SPEC 4).
+  """The VOC training augmentation: paper sec. 4.3 (random rescaling in [0.5, 2], crop,
+  flip) with the authors' base size 400 (github.com/yassouali/CCT configs/config.json).
 
   With `base_size` > 0 the long side is resized to a random integer in
   [base_size * lo, base_size * hi] (VOC: [200, 800]); `base_size=0` keeps the size (the

@@ -61,8 +61,8 @@ def changes_the_checkpoint(field: str, saved: Any, now: Any, current: dict[str, 
   its weights compute); `current` is the run's flattened config."""
   if field.startswith('model.'):
     return field not in _MODEL_FIELDS_OUTSIDE_THE_CHECKPOINT
-  if field.startswith('perturbations.counts.'):
-    # One auxiliary decoder per count, in CCT's mode only.
+  if field.startswith('perturbations.') and field.endswith('.count'):
+    # K auxiliary decoders of the type (perturbations.vat.count: K), in CCT's mode only.
     return current.get('train.mode') == 'semi'
   if field == 'optim.momentum':
     # SGD keeps a momentum trace only for a positive momentum.

@@ -53,7 +53,7 @@ def test_changes_to_what_the_checkpoint_holds_stop_with_every_difference(tmp_pat
   config = _demo()
   config.model.width = 16
   config.model.decoder_final_relu = True
-  config.perturbations.counts.vat = 2
+  config.perturbations.vat.count = 2
   config.optim.lr = 0.05  # not a reason to stop; not in the error either
   with pytest.raises(config_drift.ConfigDriftError) as error:
     config_drift.check_against_saved(config, str(tmp_path), purpose='eval')
@@ -63,7 +63,7 @@ def test_changes_to_what_the_checkpoint_holds_stop_with_every_difference(tmp_pat
   assert message.splitlines()[1:4] == [
       f'  model.decoder_final_relu: false in {path}, true now',
       f'  model.width: 8 in {path}, 16 now',
-      f'  perturbations.counts.vat: 1 in {path}, 2 now']
+      f'  perturbations.vat.count: 1 in {path}, 2 now']
   assert 'optim.lr' not in message
   assert not _warnings(capture_warnings)
 
@@ -87,7 +87,8 @@ def test_each_state_changing_field_is_an_error(tmp_path, field, value):
 
 
 def test_other_changes_are_one_warning_listing_them(tmp_path, capture_warnings):
-  path = _save(_demo(), tmp_path)
+  saved = _demo()
+  path = _save(saved, tmp_path)
   config = _demo()
   config.optim.lr = 0.02
   config.optim.momentum = 0.5  # still positive: the same optimiser state
@@ -106,7 +107,7 @@ def test_other_changes_are_one_warning_listing_them(tmp_path, capture_warnings):
       f'  data.root: "" in {path}, "/data/tex5" now',
       f'  eval.scales: [1.0] in {path}, [0.5, 1.0] now',
       f'  model.dtype: "float32" in {path}, "bfloat16" now',
-      f'  model.pretrained: "" in {path}, "resnet50_deep.npz" now',
+      f'  model.pretrained: "{saved.model.pretrained}" in {path}, "resnet50_deep.npz" now',
       f'  optim.lr: 0.1 in {path}, 0.02 now',
       f'  optim.momentum: 0.9 in {path}, 0.5 now',
       f'  train.num_steps: 4 in {path}, 100 now']
@@ -117,10 +118,10 @@ def test_perturbation_counts_matter_only_where_there_are_auxiliary_decoders(tmp_
   supervised = _demo()
   supervised.train.mode = 'supervised'
   _save(supervised, tmp_path)
-  supervised.perturbations.counts.vat = 3
+  supervised.perturbations.vat.count = 3
   config_drift.check_against_saved(supervised, str(tmp_path), purpose='predict')
   [warning] = _warnings(capture_warnings)
-  assert 'perturbations.counts.vat: 1 in' in warning
+  assert 'perturbations.vat.count: 1 in' in warning
 
 
 def test_domains_their_classes_and_the_adversarial_branch_are_part_of_the_checkpoint(

@@ -69,8 +69,8 @@ def perturbation_types(dataset: str) -> list[str]:
   spec = importlib.util.spec_from_file_location('demo_config', os.path.join(REPO, CONFIG))
   config_file = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(config_file)
-  counts = config_file.get_config(dataset).perturbations.counts
-  return [t for t in perturbations.ROSTER_ORDER if counts[t] > 0]
+  counts = perturbations.decoder_counts(config_file.get_config(dataset).perturbations)
+  return [t for t, count in counts.items() if count > 0]
 
 
 # Arm -> its overrides of configs/demo.py (which is CCT with the paper's losses).
@@ -111,8 +111,8 @@ def arm_overrides(arm: str) -> list[str]:
   if arm in VARIANTS:
     return VARIANTS[arm]
   kept = arm.removeprefix('only_')
-  if arm.startswith('only_') and kept in perturbations.ROSTER_ORDER:
-    return [f'--config.perturbations.counts.{t}=0' for t in perturbations.ROSTER_ORDER
+  if arm.startswith('only_') and kept in perturbations.PERTURBATIONS:
+    return [f'--config.perturbations.{t}.count=0' for t in perturbations.PERTURBATIONS
             if t != kept]
   raise ValueError(f'unknown arm {arm!r}')
 

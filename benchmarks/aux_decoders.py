@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from cct_jax import defaults
+from cct_jax import perturbations
 from cct_jax.models.decoders import Decoder
 
 RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'aux_decoders.json')
@@ -77,7 +77,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
 
-  counts = defaults.DEFAULT_AUX_COUNTS
+  counts = perturbations.decoder_counts(perturbations.default_perturbation_config())
   side = (args.size - 1) // 8 + 1
   decoder = Decoder(21)
   z = jax.random.normal(jax.random.key(0), (args.batch, side, side, 512))

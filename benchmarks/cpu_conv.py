@@ -1,4 +1,4 @@
-"""Convolutions on XLA:CPU: lax's against `cct_jax.models.cpu_conv`'s.
+"""Convolutions on XLA:CPU: lax's against `cct_jax.cpu_conv`'s.
 
   .venv/bin/python benchmarks/cpu_conv.py        # about 5 minutes on 2 cores
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cct_jax.models import cpu_conv
+from cct_jax import cpu_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'cpu_conv.json')

@@ -82,6 +82,7 @@ def main():
   args = parser.parse_args()
 
   cfg = pt.default_perturbation_config()
+  cfg.vat.method = 'finite_difference'
   perturbations = pt.build_perturbations(cfg)
   cfg.vat.method = 'hvp'
   perturbations['vat_hvp'] = pt.build_perturbations(cfg)['vat']

@@ -114,7 +114,7 @@ def measure(spec: dict) -> dict:
   import numpy as np
 
   sys.path.insert(0, REPO)
-  from cct_jax import defaults, models, parallel, train
+  from cct_jax import defaults, models, parallel, perturbations, train
 
   config = defaults.base_config('voc')
   if spec['model'] == 'small':
@@ -136,7 +136,7 @@ def measure(spec: dict) -> dict:
   def train_step(mode: str, counts: dict | None = None):
     config.train.mode = mode
     if counts is not None:
-      config.perturbations.counts = counts
+      perturbations.set_counts(config.perturbations, counts)
     model = models.model_from_config(config.model, train.aux_counts(config))
     state = train.create_train_state(config, model, 1000, mesh)
     step_fn = train.make_train_step(config, model, 1000)
@@ -160,7 +160,7 @@ def measure(spec: dict) -> dict:
         result['profile'] = profile_one_step(run, spec['profile'])
     return model, holder[0], seconds, compile_s, flops
 
-  full_roster = dict(config.perturbations.counts)
+  full_roster = perturbations.decoder_counts(config.perturbations)
   model, state, semi_s, compile_s, flops = train_step('semi')
   result.update(semi_step_s=semi_s, semi_compile_s=compile_s, semi_flops=flops,
                 semi_images_per_s=2 * batch / semi_s)
@@ -170,7 +170,7 @@ def measure(spec: dict) -> dict:
                                             for name in full_roster})
     result.update(one_decoder_step_s=one_s,
                   aux_share=(semi_s - one_s) / semi_s * num_aux / (num_aux - 1))
-    config.perturbations.counts = full_roster
+    perturbations.set_counts(config.perturbations, full_roster)
     _, _, sup_s, _, _ = train_step('supervised')
     result.update(supervised_step_s=sup_s, supervised_images_per_s=batch / sup_s)
 

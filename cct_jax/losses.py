@@ -1,4 +1,4 @@
-"""Losses of CCT (paper sec. 3.2-3.3, App. B; SPEC 3).
+"""Losses of CCT (paper sec. 3.2-3.3, App. B).
 
 Inputs are channels-last: logits (B, H, W, C), integer labels (B, H, W) with
 `ignore_index` (255) for unlabelled pixels, auxiliary logits stacked as (K, B, H, W, C).
@@ -15,7 +15,7 @@ DISTANCES = ('mse', 'kl', 'js')
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
-  """Loss choices and weights (App. J, Table 12; SPEC 3)."""
+  """Loss choices and weights (App. J, Table 12)."""
   cfg = ml_collections.ConfigDict()
   cfg.supervised = 'ce'  # 'ce' | 'ab_ce'
   cfg.unsupervised = 'mse'  # 'mse' | 'kl' | 'js'
@@ -77,7 +77,7 @@ def confidence_mask(main_logits: jax.Array, threshold: float) -> jax.Array:
 def _distance(aux_logits, target_log_probs, distance):
   """Per-pixel d(main, aux), shape (K, B, H, W): App. B.1, Eqs. (7)-(9).
 
-  MSE is averaged over classes (SPEC 3 and Ref: mean over B*H*W*C); KL and JS are summed
+  MSE is averaged over classes (the authors' code: mean over B*H*W*C); KL and JS are summed
   over classes as in Eqs. (8)-(9), the divergence of one pixel's distributions.
   """
   log_p = target_log_probs
@@ -116,10 +116,11 @@ def pairwise_loss(aux_logits: jax.Array, key: jax.Array | None = None,
                   num_decoders: int = 8) -> jax.Array:
   """Eq. (10), App. B.2 P-Wise: variance of the auxiliary predictions around their mean.
 
-  Summed over classes, averaged over the chosen decoders and all pixels (as Ref). With a
-  key, a random `num_decoders` of the K predictions are used (the paper's 8 of 30);
-  without one, all K. It is an ordinary differentiable term of the total loss, so unlike
-  Ref (which adds it after the backward pass) it trains the auxiliary decoders.
+  Summed over classes, averaged over the chosen decoders and all pixels (as the authors'
+  code, github.com/yassouali/CCT). With a key, a random `num_decoders` of the K
+  predictions are used (the paper's 8 of 30); without one, all K. It is an ordinary
+  differentiable term of the total loss, so unlike the authors' code (which adds it after
+  the backward pass) it trains the auxiliary decoders.
   """
   num_aux = aux_logits.shape[0]
   if key is not None and num_decoders < num_aux:

@@ -1,4 +1,4 @@
-"""The seven perturbations of z (paper sec. 3.2.3, App. G; SPEC 2).
+"""The seven perturbations of z (paper sec. 3.2.3, App. G).
 
 Each auxiliary decoder owns one perturbation. Every perturbation is a pure function with
 the same signature,
@@ -13,15 +13,24 @@ the same signature,
                I-VAT calls it; the others ignore it.
 
 so that the model can `jax.vmap` one function over a stack of decoders of one type (the
-keys and decoder parameters carry the stacked axis). Hyper-parameters are keyword-only
-and bound by `build_perturbations` with `functools.partial`.
+keys and decoder parameters carry the stacked axis).
+
+A perturbation is a function plus its config block: `@register(name, block)` files it
+under `name`, and `block` (its number of auxiliary decoders, `count`, and the values of its
+keyword-only hyper-parameters) becomes `config.perturbations.<name>`. A hyper-parameter
+that its block lacks comes from the section's shared fields (`background_class`, which the
+weak labels of sec. 3.3 read too). `build_perturbations` binds them with
+`functools.partial`. The defaults are the paper's roster (K = 30, sec. 4.4.1) and
+hyper-parameters (App. J, Table 12).
 
 Masks are applied by multiplication, so z keeps its gradient path to the encoder at
 every position that survives.
 """
 
+import dataclasses
 import functools
-from typing import Callable
+import inspect
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,38 +38,40 @@ import ml_collections
 
 Perturbation = Callable[..., jax.Array]
 
-# The roster order: decoders of a model are grouped by type in this order.
-ROSTER_ORDER = ('vat', 'dropout', 'cutout', 'context_mask', 'object_mask',
-                'feature_drop', 'feature_noise')
-
-VAT_METHODS = ('finite_difference', 'hvp')
+VAT_METHODS = ('auto', 'finite_difference', 'hvp')
 
 
-def default_perturbation_config() -> ml_collections.ConfigDict:
-  """The paper's roster (K = 30) and hyper-parameters (App. J, Table 12; SPEC 2)."""
-  cfg = ml_collections.ConfigDict()
-  cfg.counts = ml_collections.ConfigDict(dict(
-      vat=2, dropout=6, cutout=6, context_mask=2, object_mask=2, feature_drop=6,
-      feature_noise=6))
-  cfg.background_class = 0
-  cfg.feature_noise = ml_collections.ConfigDict(dict(uniform_range=0.3))
-  cfg.feature_drop = ml_collections.ConfigDict(dict(gamma_range=(0.6, 0.9)))
-  cfg.dropout = ml_collections.ConfigDict(dict(rate=0.5))
-  cfg.cutout = ml_collections.ConfigDict(dict(erase=0.4))
-  cfg.vat = ml_collections.ConfigDict(dict(
-      method='finite_difference', xi=1e-6, eps=2.0, iterations=1))
-  return cfg
+@dataclasses.dataclass(frozen=True)
+class Registered:
+  perturb: Perturbation
+  block: Mapping  # the default config block: `count` and the hyper-parameters
+  check: Callable[[dict], None] | None = None  # raises on hyper-parameters it cannot run
+
+
+PERTURBATIONS: dict[str, Registered] = {}
+
+
+def register(name: str, block: Mapping, check: Callable[[dict], None] | None = None):
+  """Files the decorated perturbation under `name`, with its default config block."""
+
+  def add(perturb: Perturbation) -> Perturbation:
+    PERTURBATIONS[name] = Registered(perturb, dict(block), check)
+    return perturb
+
+  return add
 
 
 # --------------------------------------------------------------------------------------
 # Feature-based perturbations.
 
 
+@register('feature_noise', dict(count=6, uniform_range=0.3))
 def feature_noise(z, key, main_logits, decode, *, uniform_range: float):
   """F-Noise: z~ = z + z * N, N ~ U(-r, r).
 
   One noise tensor of shape (1, h, w, C) is shared by the whole batch, as in App. L and
-  Ref: the paper reports the same accuracy at a fraction of the sampling cost.
+  the authors' code: the paper reports the same accuracy at a fraction of the sampling
+  cost.
   """
   del main_logits, decode
   noise = jax.random.uniform(key, (1,) + z.shape[1:], z.dtype, -uniform_range,
@@ -68,11 +79,13 @@ def feature_noise(z, key, main_logits, decode, *, uniform_range: float):
   return z + z * noise
 
 
+@register('feature_drop', dict(count=6, gamma_range=(0.6, 0.9)))
 def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float]):
   """F-Drop: drop the positions whose channel mean, over its per-sample max, is >= gamma.
 
-  gamma ~ U(gamma_range) is drawn once per sample. The comparison is written as
-  `a < gamma * max(a)` (Ref) so an all-zero sample needs no division.
+  gamma ~ U(gamma_range) is drawn once per sample (the paper's 0.6-0.9; the authors' code
+  has 0.7-0.9). The comparison is written as `a < gamma * max(a)`, as theirs, so an
+  all-zero sample needs no division.
   """
   del main_logits, decode
   low, high = gamma_range
@@ -82,6 +95,7 @@ def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float
   return z * (attention < gamma * peak).astype(z.dtype)
 
 
+@register('dropout', dict(count=6, rate=0.5))
 def dropout(z, key, main_logits, decode, *, rate: float):
   """DropOut: spatial (channel-wise) dropout; each sample drops whole channels.
 
@@ -108,20 +122,22 @@ def foreground_mask(main_logits: jax.Array, z: jax.Array,
                     background_class: int) -> jax.Array:
   """M = [argmax(main prediction) != background] at z's resolution, shape (B, h, w, 1).
 
-  Brought down by taking every s-th pixel (`M[::s, ::s]`), which is what Ref's nearest
-  resize does; taking the argmax only there gives the same M for 1/s^2 of the work.
+  Brought down by taking every s-th pixel (`M[::s, ::s]`), which is what the authors'
+  nearest resize does; taking the argmax only there gives the same M for 1/s^2 of the work.
   """
   sh, sw = _strides(main_logits, z)
   prediction = jnp.argmax(main_logits[:, ::sh, ::sw], axis=-1)
   return (prediction != background_class)[..., None].astype(z.dtype)
 
 
+@register('context_mask', dict(count=2))
 def context_mask(z, key, main_logits, decode, *, background_class: int):
   """Con-Msk: z~ = z * M, the context (background) is removed."""
   del key, decode
   return z * foreground_mask(main_logits, z, background_class)
 
 
+@register('object_mask', dict(count=2))
 def object_mask(z, key, main_logits, decode, *, background_class: int):
   """Obj-Msk: z~ = z * (1 - M), the detected objects are removed."""
   del key, decode
@@ -133,11 +149,11 @@ def cutout_keep_mask(main_logits: jax.Array, key: jax.Array, *, erase: float,
   """G-Cutout's keep mask (B, H/sh, W/sw): 0 inside the cut boxes, 1 elsewhere.
 
   Objects are approximated per predicted class: the bounding box of every non-background
-  class present in a sample's full-resolution argmax. (Ref takes the connected regions of
-  the foreground from OpenCV contours on the host; two separate objects of one class here
-  share one box.) In each box of height bh and width bw a box of floor(erase * bh) x
-  floor(erase * bw) is cut at a uniformly random integer offset that keeps it inside
-  (Ref: 0.4 of each side, not of the area).
+  class present in a sample's full-resolution argmax. (The authors' code takes the
+  connected regions of the foreground from OpenCV contours on the host; two separate
+  objects of one class here share one box.) In each box of height bh and width bw a box of
+  floor(erase * bh) x floor(erase * bw) is cut at a uniformly random integer offset that
+  keeps it inside (as theirs: 0.4 of each side, not of the area).
 
   The mask is evaluated only at the pixels (sh*y, sw*x), which equals computing it at full
   resolution and taking `[::sh, ::sw]`; `strides=(1, 1)` gives the full-resolution mask.
@@ -177,6 +193,7 @@ def cutout_keep_mask(main_logits: jax.Array, key: jax.Array, *, erase: float,
   return ~cut
 
 
+@register('cutout', dict(count=6, erase=0.4))
 def guided_cutout(z, key, main_logits, decode, *, erase: float, background_class: int):
   """G-Cutout: zero a random 0.4 x 0.4 (of each side) box inside each object's box."""
   del decode
@@ -195,6 +212,31 @@ def _unit(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
 
 
+def resolved_vat_method(method: str) -> str:
+  """The power iteration `method` ('auto', 'finite_difference' or 'hvp') stands for.
+
+  'auto' is 'finite_difference' (the paper's, at the authors' xi = 1e-6) where matmuls run
+  in float32, as on the CPU and in the authors' PyTorch, and 'hvp' on GPUs and TPUs, whose
+  default precision rounds a float32 matmul's operands to TF32 or bfloat16. Measured on
+  the CPU with those roundings emulated (operands rounded to 10 or 7 mantissa bits), the
+  cosine of the finite-difference direction with the exact (float32 'hvp') one, two
+  samples each:
+    decoder over z of 8x8x32, 5 classes (the demo's size): float32 0.36, 0.35; TF32 0.05,
+      0.05; bfloat16 0.05, -0.15.
+    decoder over z of 41x41x512, 21 classes (VOC's size): float32 0.02, 0.01; TF32 0.01,
+      -0.02; bfloat16 0.04, 0.01.
+  'hvp' stayed at 1.00 (0.999 under bfloat16) throughout. So under TF32 or bfloat16 the
+  finite difference is noise; at VOC's size it is in float32 too (xi * d, about 1e-9 a
+  component, vanishes against z's float32 resolution): the authors' I-VAT was close to a
+  random direction of norm eps, and 'finite_difference' keeps that behaviour.
+  """
+  if method not in VAT_METHODS:
+    raise ValueError(f'vat method {method!r} not in {VAT_METHODS}')
+  if method == 'auto':
+    return 'finite_difference' if jax.default_backend() == 'cpu' else 'hvp'
+  return method
+
+
 def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
                           iterations: int) -> jax.Array:
   """The unit direction (per sample, over all but the batch axis) in which a small change
@@ -203,13 +245,16 @@ def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
 
   It iterates on the Hessian of D(r) = KL(p || q(x + r)) at r = 0, with
   p = stop_gradient(softmax(logits_fn(x))) and q = softmax(logits_fn(.)):
-    'finite_difference' (paper, Ref): d <- grad_d D(xi * d), normalised.
-    'hvp': d <- H d exactly, as `jax.jvp` of `jax.grad` (no xi). At xi = 1e-6 in float32
-      the finite difference is close to rounding noise; the HVP is not.
+    'finite_difference' (the paper's and the authors' code): d <- grad_d D(xi * d),
+      normalised.
+    'hvp': d <- H d exactly, as `jax.jvp` of `jax.grad` (no xi).
+    'auto': see `resolved_vat_method`.
   D sums over the batch; with a per-sample `logits_fn` each sample's gradient depends on
   that sample only, so the per-sample normalisation gives each sample its own direction.
-  The direction is a constant to any outer gradient (as Ref's `d.grad`).
+  A sample whose power step gives exactly zero keeps a zero direction. The direction is a
+  constant to any outer gradient (as the authors' `d.grad`).
   """
+  method = resolved_vat_method(method)
   x_fixed = jax.lax.stop_gradient(x)
   log_p = jax.lax.stop_gradient(jax.nn.log_softmax(logits_fn(x_fixed)))
 
@@ -219,11 +264,9 @@ def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
 
   if method == 'finite_difference':
     power_step = lambda d: jax.grad(lambda d: divergence(xi * d))(d)
-  elif method == 'hvp':
+  else:
     origin = jnp.zeros_like(x_fixed)
     power_step = lambda d: jax.jvp(jax.grad(divergence), (origin,), (d,))[1]
-  else:
-    raise ValueError(f'vat method {method!r} not in {VAT_METHODS}')
 
   d = _unit(jax.random.normal(key, x.shape, x.dtype))
   for _ in range(iterations):
@@ -231,10 +274,19 @@ def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
   return jax.lax.stop_gradient(d)
 
 
+def _check_vat(hyper_parameters: dict) -> None:
+  if hyper_parameters['method'] not in VAT_METHODS:
+    raise ValueError(f"perturbations.vat.method {hyper_parameters['method']!r} not in "
+                     f'{VAT_METHODS}')
+
+
+@register('vat', dict(count=2, method='auto', xi=1e-6, eps=2.0, iterations=1),
+          check=_check_vat)
 def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
         iterations: int):
   """I-VAT (paper App. G): z~ = z + r_adv, r_adv = eps * `adversarial_direction` of the
-  auxiliary decoder that owns it, so ||r_adv|| = eps per sample.
+  auxiliary decoder that owns it, so ||r_adv|| = eps per sample (0 where the direction
+  is zero).
 
   Neither the encoder nor the decoder gets a gradient through r_adv: the encoder is
   trained through z only.
@@ -245,37 +297,75 @@ def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
 
 
 # --------------------------------------------------------------------------------------
-
-PERTURBATIONS: dict[str, Perturbation] = {
-    'vat': vat,
-    'dropout': dropout,
-    'cutout': guided_cutout,
-    'context_mask': context_mask,
-    'object_mask': object_mask,
-    'feature_drop': feature_drop,
-    'feature_noise': feature_noise,
-}
+# The config section.
 
 
-def build_perturbations(cfg: ml_collections.ConfigDict) -> dict[str, Perturbation]:
-  """Name -> perturb(z, key, main_logits, decode), in ROSTER_ORDER, count-0 types left out.
+def default_perturbation_config() -> ml_collections.ConfigDict:
+  """`config.perturbations`: every registered perturbation's block, and the shared fields."""
+  cfg = ml_collections.ConfigDict()
+  cfg.background_class = 0  # of the guided masks and G-Cutout
+  for name, registered in PERTURBATIONS.items():
+    cfg[name] = ml_collections.ConfigDict(registered.block)
+  return cfg
 
-  `cfg` is shaped like `default_perturbation_config()`.
-  """
-  if cfg.vat.method not in VAT_METHODS:
-    raise ValueError(f'vat.method {cfg.vat.method!r} not in {VAT_METHODS}')
-  hyper_parameters = {
-      'vat': dict(method=cfg.vat.method, xi=cfg.vat.xi, eps=cfg.vat.eps,
-                  iterations=cfg.vat.iterations),
-      'dropout': dict(rate=cfg.dropout.rate),
-      'cutout': dict(erase=cfg.cutout.erase, background_class=cfg.background_class),
-      'context_mask': dict(background_class=cfg.background_class),
-      'object_mask': dict(background_class=cfg.background_class),
-      'feature_drop': dict(gamma_range=tuple(cfg.feature_drop.gamma_range)),
-      'feature_noise': dict(uniform_range=cfg.feature_noise.uniform_range),
-  }
-  unknown = set(cfg.counts.keys()) - set(ROSTER_ORDER)
+
+def _blocks(cfg) -> dict[str, ml_collections.ConfigDict]:
+  """The section's perturbation blocks by name, in name order: the order in which the
+  model stacks their decoders (the pairwise loss's random choice of 8 depends on it)."""
+  blocks = {name: value for name, value in cfg.items()
+            if isinstance(value, ml_collections.ConfigDict)}
+  unknown = sorted(blocks.keys() - PERTURBATIONS.keys())
   if unknown:
-    raise ValueError(f'unknown perturbation types {sorted(unknown)}')
-  return {name: functools.partial(PERTURBATIONS[name], **hyper_parameters[name])
-          for name in ROSTER_ORDER if cfg.counts.get(name, 0) > 0}
+    raise ValueError(f'unknown perturbation types {unknown}; the registered ones are '
+                     f'{sorted(PERTURBATIONS)}')
+  missing = sorted(PERTURBATIONS.keys() - blocks.keys())
+  if missing:
+    raise ValueError(f'perturbations: no config block for {missing}')
+  return {name: blocks[name] for name in sorted(blocks)}
+
+
+def decoder_counts(cfg) -> dict[str, int]:
+  """Perturbation type -> its number of auxiliary decoders (0 included), in name order."""
+  return {name: block.count for name, block in _blocks(cfg).items()}
+
+
+def set_counts(cfg, counts: Mapping[str, int]) -> None:
+  """Sets the count of every type `counts` names (in place); the others keep theirs."""
+  blocks = _blocks(cfg)
+  unknown = sorted(counts.keys() - blocks.keys())
+  if unknown:
+    raise ValueError(f'unknown perturbation types {unknown}')
+  for name, count in counts.items():
+    blocks[name].count = count
+
+
+def _hyper_parameters(cfg, name: str, block) -> dict:
+  """The keyword-only arguments of perturbation `name`: its block's values, then the
+  section's shared fields for those its block lacks."""
+  registered = PERTURBATIONS[name]
+  wanted = [p.name for p in inspect.signature(registered.perturb).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+  given = {k: v for k, v in block.items() if k != 'count'}
+  stray = sorted(given.keys() - set(wanted))
+  if stray:
+    raise ValueError(f'perturbations.{name}: no hyper-parameter {stray[0]!r} '
+                     f'({registered.perturb.__name__} takes {wanted})')
+  shared = [k for k in wanted if k not in given]
+  absent = [k for k in shared if k not in cfg]
+  if absent:
+    raise ValueError(f'perturbations: {name} needs {absent[0]!r}, in its block or shared')
+  hyper_parameters = {**given, **{k: cfg[k] for k in shared}}
+  if registered.check is not None:
+    registered.check(hyper_parameters)
+  return hyper_parameters
+
+
+def build_perturbations(cfg) -> dict[str, Perturbation]:
+  """Name -> perturb(z, key, main_logits, decode) with its hyper-parameters bound, for
+  every type with a positive count, in name order. Every block is checked, counted or not.
+  """
+  blocks = _blocks(cfg)
+  bound = {name: functools.partial(PERTURBATIONS[name].perturb,
+                                   **_hyper_parameters(cfg, name, block))
+           for name, block in blocks.items()}
+  return {name: fn for name, fn in bound.items() if blocks[name].count > 0}

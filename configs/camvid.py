@@ -10,12 +10,15 @@ Argument: the labelled count (default 100) or `smoke`.
 """
 
 from cct_jax import defaults
+from cct_jax.models import pretrained
 
 
 def get_config(arg: str = '100'):
   config = defaults.base_config('camvid')
   # No background class: the object masks have nothing to mask.
-  config.perturbations.counts.update(context_mask=0, object_mask=0)
+  config.perturbations.context_mask.count = 0
+  config.perturbations.object_mask.count = 0
+  config.model.pretrained = pretrained.REQUIRED
   config.train.num_epochs = 50
   config.train.eval_every = 1000
   return defaults.finish(config, arg)

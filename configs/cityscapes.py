@@ -12,12 +12,15 @@ Argument: the labelled count (default 100) or `smoke`.
 """
 
 from cct_jax import defaults
+from cct_jax.models import pretrained
 
 
 def get_config(arg: str = '100'):
   config = defaults.base_config('cityscapes')
   # No background class: the object masks have nothing to mask.
-  config.perturbations.counts.update(context_mask=0, object_mask=0)
+  config.perturbations.context_mask.count = 0
+  config.perturbations.object_mask.count = 0
+  config.model.pretrained = pretrained.REQUIRED
   config.data.batch_size_labelled = 8
   config.data.batch_size_unlabelled = 8
   config.train.num_epochs = 50

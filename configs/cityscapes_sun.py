@@ -25,7 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def sun_config(arg: str):
   config = defaults.base_config('sun')
-  config.perturbations.counts.update(context_mask=0, object_mask=0)
+  config.perturbations.context_mask.count = 0
+  config.perturbations.object_mask.count = 0
   config.data.batch_size_labelled = 8
   config.data.batch_size_unlabelled = 8
   return defaults.finish(config, arg)

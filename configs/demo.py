@@ -1,4 +1,4 @@
-"""CCT on a bundled real dataset (SPEC 6): tex5 texture mosaics (default) or fashion5 scenes.
+"""CCT on a bundled real dataset: tex5 texture mosaics (default) or fashion5 scenes.
 
   python -m cct_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m cct_jax.main --config=configs/demo.py:fashion5 --workdir=runs/demo_fashion5
@@ -14,7 +14,7 @@ minutes on 2 CPU cores); with `--config.data.num_labelled=25` 0.63 +- 0.03 over 
 budgets over three seeds.
 """
 
-from cct_jax import defaults
+from cct_jax import defaults, perturbations
 
 DATASETS = ('tex5', 'fashion5')
 
@@ -30,7 +30,7 @@ def get_config(arg: str = ''):
   config.model = defaults.tiny_model_config(config.data.num_classes)
   # 64x64 images: output stride 4 keeps a 16x16 feature map for the region boundaries.
   config.model.output_stride = 4
-  # The authors' ReLU on the logits (SPEC 1) is harmless from ImageNet weights, but from
+  # The authors' ReLU on the logits is harmless from ImageNet weights, but from
   # scratch a class whose logit is clamped to 0 on every pixel gets no gradient and is
   # never predicted again: with it, 3 of the 5 fashion5 classes died in the supervised run
   # at 25 labels (seed 0, test mIoU 20.3; 29.8 without it) and gravel died in CCT at 50
@@ -38,7 +38,8 @@ def get_config(arg: str = ''):
   config.model.decoder_final_relu = False
   if dataset == 'tex5':
     # No background class in the mosaics: the mask-based perturbations have nothing to mask.
-    config.perturbations.counts.update(context_mask=0, object_mask=0)
+    config.perturbations.context_mask.count = 0
+    config.perturbations.object_mask.count = 0
   else:
     # The paper's decoders upsample through ReLU blocks as wide as the class count: from
     # scratch, 82% background pixels kill one of the five channels early on some seeds and
@@ -47,7 +48,6 @@ def get_config(arg: str = ''):
     config.model.decoder_width = 32
   # At xi = 1e-6 the float32 finite difference is rounding noise; take the exact direction.
   config.perturbations.vat.method = 'hvp'
-  config.baselines.input_vat.method = 'hvp'
   # Trained from scratch: the whole network at a 10x larger rate than the paper's
   # fine-tuning of ImageNet weights, trunk included.
   config.optim.lr = 0.1
@@ -77,6 +77,7 @@ def get_config(arg: str = ''):
     config.data.update(num_labelled=4, batch_size_labelled=4, batch_size_unlabelled=4,
                        eval_batch_size=4)
     config.data.generated.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16)
-    config.perturbations.counts = {name: min(count, 1)
-                                   for name, count in config.perturbations.counts.items()}
+    perturbations.set_counts(config.perturbations, {
+        name: min(count, 1)
+        for name, count in perturbations.decoder_counts(config.perturbations).items()})
   return config

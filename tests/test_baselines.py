@@ -12,6 +12,7 @@ import pytest
 
 from cct_jax import baselines, checkpointing, cluster_maps, defaults, models, parallel
 from cct_jax import perturbations, train
+from cct_jax.models import cct
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5
@@ -111,6 +112,21 @@ def test_input_vat_direction_has_norm_eps_and_raises_the_kl_more_than_random_one
                              rtol=1e-5)
   assert np.all(kl_adv > 0)
   assert np.all(kl_adv > 3 * np.max(kl_random, axis=0)), (kl_adv, kl_random)
+
+
+def test_input_vat_takes_the_exact_direction_and_sows_its_size():
+  config = _tiny_config('input_vat')
+  assert config.baselines.input_vat.method == 'hvp'
+  model = models.model_from_config(config.model)
+  variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  term = baselines.input_vat_term(config, model)
+  terms, updates = jax.jit(lambda v, images, key: term(
+      v['params'], v['batch_stats'], None, {'image': images}, key))(
+          variables, _images(7), jax.random.key(8))
+  assert terms['unsup'] > 0
+  # The mean ||r_adv|| of the batch, for the log: eps unless a direction vanished.
+  assert cct.sown_metrics([updates]) == pytest.approx(
+      {'perturbation_norm_input_vat': config.baselines.input_vat.eps}, rel=1e-5)
 
 
 def test_baseline_config_errors_name_the_key():

@@ -1,4 +1,5 @@
-"""The network of SPEC 1: shapes, PyTorch conventions, parameter counts, stacked decoders."""
+"""The network (paper sec. 3.2, 4.1): shapes, PyTorch conventions, parameter counts, stacked
+decoders, initialisation, and the convolution it computes with."""
 
 import functools
 
@@ -6,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
-from cct_jax import defaults, summary
-from cct_jax.models import cct, cpu_conv, decoders, psp, resnet
+from cct_jax import cpu_conv, defaults, models, summary
+from cct_jax.models import cct, decoders, discriminator, psp, resnet
 
 
 def tiny_model(**overrides):
@@ -111,18 +113,27 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   variables = jax.jit(lambda k: cct.init_variables(model, k, x.shape))(jax.random.key(1))
   noise = lambda z, key, main_logits, decode: z + jax.random.normal(key, z.shape)
-  main, aux = model.apply(variables, x, perturbations=dict(feature_noise=noise),
-                          key=jax.random.key(2))
+  (main, aux), updates = jax.jit(lambda v, x: model.apply(
+      v, x, perturbations=dict(feature_noise=noise), key=jax.random.key(2),
+      mutable=['metrics']))(variables, x)
   assert aux['feature_noise'].shape == (3, 2, 16, 16, 5)
 
-  z = model.apply(variables, x, method=lambda m, x: m.encoder(x))
+  z = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.encoder(x)))(variables, x)
   stack = variables['params']['aux_decoders']['feature_noise']['decoders']
   type_key = cct.perturbation_type_key(jax.random.key(2), 'feature_noise')
   decoder = decoders.Decoder(5)
+  sizes = []
   for k, decoder_key in enumerate(jax.random.split(type_key, 3)):
     params = jax.tree.map(lambda a: a[k], stack)
-    expected = decoder.apply({'params': params}, noise(z, decoder_key, None, None))
+    z_tilde = noise(z, decoder_key, None, None)
+    expected = decoder.apply({'params': params}, z_tilde)
     np.testing.assert_allclose(aux['feature_noise'][k], expected, rtol=1e-5, atol=1e-5)
+    sizes += list(np.linalg.norm(np.asarray(z_tilde - z).reshape(2, -1), axis=1))
+  # The size of the perturbations, sown for the log: the mean over decoders and samples.
+  assert 'metrics' not in variables
+  sown = cct.sown_metrics([updates])
+  assert sown.keys() == {'perturbation_norm_feature_noise'}
+  np.testing.assert_allclose(sown['perturbation_norm_feature_noise'], np.mean(sizes), rtol=1e-5)
   assert not np.allclose(aux['feature_noise'][0], aux['feature_noise'][1])
   assert main.shape == (2, 16, 16, 5)
 
@@ -171,3 +182,91 @@ def test_cpu_conv_equals_lax(kernel, stride, padding, dilation, in_features_per_
   batched = jax.jit(jax.vmap(jax.grad(functools.partial(loss, cpu_conv.conv_general_dilated),
                                       1), (None, 0)))(x, jnp.stack([w, 2 * w]))
   np.testing.assert_allclose(batched[0], expected[1], rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_conv_setting_gives_the_trunk_and_psp_their_convolution():
+  assert models.convolution_from_config('auto') is cpu_conv.conv_general_dilated  # a CPU
+  assert models.convolution_from_config('on') is cpu_conv.conv_general_dilated
+  assert models.convolution_from_config('off') is jax.lax.conv_general_dilated
+  with pytest.raises(ValueError, match=r"model.cpu_conv must be one of .*'yes'"):
+    models.convolution_from_config('yes')
+  calls = []
+
+  def counting_convolution(*args, **kwargs):
+    calls.append(args[1].shape)
+    return jax.lax.conv_general_dilated(*args, **kwargs)
+
+  encoder = cct.Encoder(stage_sizes=(1, 1, 1, 1), width=4, psp_features=8,
+                        convolution=counting_convolution)
+  variables = jax.eval_shape(encoder.init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  flat = traverse_util.flatten_dict(variables['params'])
+  kernels = [leaf.shape for path, leaf in flat.items() if path[-1] == 'kernel']
+  assert sorted(calls) == sorted(kernels) and len(kernels) == 24  # 19 trunk + 5 PSP
+
+
+def _check_initialisation(params, draws: int = 0) -> dict[str, float]:
+  """Every layer of `params` (`draws` > 0: that many initialisations stacked in front)
+  against PyTorch's initialisation of it as the authors' code leaves it; returns the
+  expected std of each kernel and bias checked.
+
+  Convolutions and linear layers by default: kaiming_uniform with a = sqrt(5), i.e.
+  U(+-1/sqrt(fan_in)), std = bound / sqrt(3); biases U(+-1/sqrt(fan_in)). The authors'
+  decoders (models/decoders.py of github.com/yassouali/CCT): the 1x1 projection
+  kaiming_normal_ (std sqrt(2 / fan_in)), the pixel-shuffle convs ICNR of kaiming_normal_
+  sub-kernels, default biases. BatchNorm: scale 1, offset 0.
+  """
+  layers = {}
+  for path, leaf in traverse_util.flatten_dict(params).items():
+    layers.setdefault('/'.join(path[:-1]), {})[path[-1]] = np.asarray(leaf)
+  checked = {}
+  for layer, leaves in layers.items():
+    if 'scale' in leaves:  # BatchNorm
+      assert np.all(leaves['scale'] == 1) and np.all(leaves['bias'] == 0), layer
+      continue
+    fan_in = int(np.prod(leaves['kernel'].shape[draws:-1]))
+    name = layer.split('/')[-1]
+    for kind, values in leaves.items():
+      normal = kind == 'kernel' and (name == 'conv_in' or name.startswith('upsample'))
+      std = (2 / fan_in)**0.5 if normal else (1 / fan_in)**0.5 / 3**0.5
+      assert abs(values.std() / std - 1) < 0.1, (layer, kind, values.std(), std)
+      assert abs(values.mean()) < 0.2 * std, (layer, kind)
+      if not normal:
+        assert np.abs(values).max() <= (1 / fan_in)**0.5, (layer, kind)
+      checked[f'{layer}/{kind}'] = std
+  return checked
+
+
+def test_psp_starts_as_pytorch_default_convolutions():
+  params = jax.jit(lambda k: psp.PSP().init(k, jnp.zeros((1, 6, 6, 2048)))['params'])(
+      jax.random.key(0))
+  checked = _check_initialisation(params)
+  assert len(checked) == 5  # four bins' 1x1 and the 3x3 bottleneck; BN checked apart
+  # 1x1 2048 -> 512 and 3x3 4096 -> 512 (the trunk's He fan-out gave 0.0625 and 0.0208).
+  assert checked['stage0_conv/kernel'] == pytest.approx(0.01276, rel=1e-3)
+  assert checked['bottleneck_conv/kernel'] == pytest.approx(0.003007, rel=1e-3)
+
+
+def test_decoders_classifier_and_discriminator_start_as_the_authors_code():
+  keys = jax.random.split(jax.random.key(1), 16)  # 16 draws: enough values in every bias
+  z = jnp.zeros((1, 2, 2, 512))
+  decoder = jax.jit(jax.vmap(lambda k: decoders.Decoder(21).init(k, z)['params']))(keys)
+  checked = _check_initialisation(decoder, draws=1)
+  assert set(checked) == {'conv_in/kernel', *(f'upsample_{i}/{p}' for i in range(3)
+                                              for p in ('kernel', 'bias'))}
+  # ICNR: the four outputs of a pixel-shuffle group start equal.
+  groups = np.asarray(decoder['upsample_0']['kernel']).reshape(16, 21, 21, 4)
+  np.testing.assert_array_equal(groups, np.repeat(groups[..., :1], 4, axis=-1))
+
+  classifier = models.Classifier(20, encoder=cct.Encoder(stage_sizes=(1, 1, 1, 1), width=4,
+                                                         psp_features=64))
+  head = jax.jit(jax.vmap(lambda k: classifier.init(k, jnp.zeros((1, 16, 16, 3)))[
+      'params']['classifier']))(keys)
+  assert set(_check_initialisation({'classifier': head}, draws=1)) == {
+      'classifier/kernel', 'classifier/bias'}
+
+  # Narrower than Table 8's and 128 draws: enough values in the 2-logit classifier's bias.
+  critic = discriminator.Discriminator(num_domains=2, features=(16, 16, 16, 16))
+  critic_params = jax.jit(jax.vmap(lambda k: critic.init(k, z[..., :32])['params']))(
+      jax.random.split(keys[0], 128))
+  assert len(_check_initialisation(critic_params, draws=1)) == 10  # 5 convs, kernel + bias

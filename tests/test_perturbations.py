@@ -1,4 +1,4 @@
-"""Invariants of the seven perturbations (SPEC 2)."""
+"""Invariants of the seven perturbations (paper sec. 3.2.3, App. G) and their config."""
 
 import functools
 
@@ -42,17 +42,67 @@ def decoder():
   return module, params
 
 
-def test_builder_roster_order_counts_and_validation():
+def test_each_block_carries_its_count_and_hyper_parameters():
   cfg = pt.default_perturbation_config()
-  assert tuple(pt.build_perturbations(cfg)) == pt.ROSTER_ORDER
-  assert sum(cfg.counts.values()) == 30
-  cfg.counts.context_mask = 0
-  cfg.counts.object_mask = 0
-  assert 'context_mask' not in pt.build_perturbations(cfg)
-  assert 'object_mask' not in pt.build_perturbations(cfg)
+  counts = pt.decoder_counts(cfg)
+  # The paper's roster (sec. 4.4.1), K = 30, in name order: the model's stacking order.
+  assert counts == dict(context_mask=2, cutout=6, dropout=6, feature_drop=6, feature_noise=6,
+                        object_mask=2, vat=2)
+  assert list(counts) == sorted(counts)
+  built = pt.build_perturbations(cfg)
+  assert list(built) == list(counts)
+  assert built['cutout'].keywords == dict(erase=0.4, background_class=0)  # shared field
+  assert built['vat'].keywords == dict(method='auto', xi=1e-6, eps=2.0, iterations=1)
+  cfg.background_class = 3
+  cfg.feature_noise.uniform_range = 0.1
+  pt.set_counts(cfg, dict(context_mask=0, object_mask=0))
+  built = pt.build_perturbations(cfg)
+  assert 'context_mask' not in built and 'object_mask' not in built
+  assert built['cutout'].keywords['background_class'] == 3
+  assert built['feature_noise'].keywords == dict(uniform_range=0.1)
+  assert pt.resolved_vat_method('auto') == 'finite_difference'  # on the CPU
+  with pytest.raises(ValueError, match=r"unknown perturbation types \['vta'\]"):
+    pt.set_counts(cfg, dict(vta=1))
+
+
+def _misspelt_field(cfg):
+  cfg.dropout.rte = 0.5
+
+
+def _misspelt_type(cfg):
+  cfg.feature_nosie = dict(count=2)
+
+
+def _unknown_vat_method(cfg):
   cfg.vat.method = 'nope'
-  with pytest.raises(ValueError):
+
+
+@pytest.mark.parametrize('mistake, message', [
+    (_unknown_vat_method, r"perturbations.vat.method 'nope'"),
+    (_misspelt_field, r"perturbations.dropout: no hyper-parameter 'rte'"),
+    (_misspelt_type, r"unknown perturbation types \['feature_nosie'\]")])
+def test_config_mistakes_are_named(mistake, message):
+  cfg = pt.default_perturbation_config()
+  cfg.vat.count = 0  # a block is checked whether it trains decoders or not
+  mistake(cfg)
+  with pytest.raises(ValueError, match=message):
     pt.build_perturbations(cfg)
+
+
+def test_a_new_perturbation_is_a_function_and_its_block(monkeypatch):
+  monkeypatch.setattr(pt, 'PERTURBATIONS', dict(pt.PERTURBATIONS))
+
+  @pt.register('scaled', dict(count=3, factor=0.5))
+  def scaled(z, key, main_logits, decode, *, factor, background_class):
+    del key, main_logits, decode
+    return z * factor + background_class
+
+  cfg = pt.default_perturbation_config()
+  assert cfg.scaled.to_dict() == dict(count=3, factor=0.5)
+  cfg.background_class = 2
+  assert pt.decoder_counts(cfg)['scaled'] == 3
+  built = pt.build_perturbations(cfg)['scaled']
+  np.testing.assert_array_equal(built(jnp.ones((1, 2, 2, 1)), None, None, None), 2.5)
 
 
 def test_feature_drop_zeroes_exactly_the_active_positions():
@@ -216,6 +266,7 @@ def test_every_perturbation_is_the_same_on_one_and_four_devices(decoder):
   cfg = pt.default_perturbation_config()
   cfg.vat.method = 'hvp'
   perturbations = pt.build_perturbations(cfg)
+  assert len(perturbations) == 7
 
   @jax.jit
   def perturb_all(z, logits, params, key):

@@ -1,12 +1,16 @@
-"""Torch weight import: converter layout, per-stage parity with torch, and its errors."""
+"""Torch weight import: converter layout, per-stage parity with torch, its errors, the
+paper configs' demand for the weights, and loading them into every model with a trunk."""
 
 import importlib.util
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from cct_jax import defaults, models
 from cct_jax.models import pretrained, resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,3 +104,57 @@ def test_loader_errors_name_the_file_and_the_key(tmp_path):
   path = write_npz(tmp_path / 'tv.npz', arrays, 'torchvision')
   with pytest.raises(pretrained.PretrainedWeightsError, match="tv.npz: weights for the 'torchvision'"):
     pretrained.load_trunk_weights(variables, path, stem='deep')
+
+
+PAPER_CONFIGS = ('voc.py', 'cityscapes.py', 'camvid.py', 'cityscapes_camvid.py',
+                 'cityscapes_sun.py')
+
+
+@pytest.mark.parametrize('name', PAPER_CONFIGS)
+def test_paper_configs_demand_the_weights_or_an_explicit_none(name, tmp_path):
+  config = defaults.load_config_file(os.path.join(ROOT, 'configs', name), '100')
+  with pytest.raises(pretrained.PretrainedWeightsError,
+                     match=r'model.pretrained is not set: .*3x3resnet50-imagenet.pth.*'
+                           r'tools/convert_torch_resnet.py'):
+    pretrained.check_pretrained_config(config.model)
+  config.model.pretrained = str(tmp_path / 'resnet50_deep.npz')
+  with pytest.raises(pretrained.PretrainedWeightsError, match='resnet50_deep.npz: no such file'):
+    pretrained.check_pretrained_config(config.model)
+  (tmp_path / 'resnet50_deep.npz').write_bytes(b'')
+  assert pretrained.weights_file(config.model) == str(tmp_path / 'resnet50_deep.npz')
+  config.model.pretrained = 'none'
+  assert pretrained.weights_file(config.model) is None
+  # A classification run's encoder brings its trunk along (sec. 3.3).
+  config.model.update(pretrained='', encoder_from=str(tmp_path / 'classifier'))
+  assert pretrained.weights_file(config.model) is None
+
+
+def test_the_default_and_tiny_models_train_from_scratch():
+  for model_cfg in (models.default_model_config(), models.tiny_model_config(5)):
+    assert model_cfg.pretrained == 'none'
+    assert pretrained.weights_file(model_cfg) is None
+
+
+@pytest.mark.parametrize('kind', ['classifier', 'segmentation'])
+def test_trunk_weights_load_into_the_classifier_and_the_segmentation_model(kind, tmp_path):
+  state, _, _ = fixture_state('deep')
+  arrays, _ = convert.convert_state_dict(state)
+  path = write_npz(tmp_path / 'w.npz', arrays, 'deep')
+  model_cfg = models.tiny_model_config(5)
+  model_cfg.update(stage_sizes=(1, 1, 2, 2), width=4, psp_features=8)  # the fixture's trunk
+  model = (models.classifier_from_config(model_cfg, 4) if kind == 'classifier'
+           else models.model_from_config(model_cfg, dict(dropout=1)))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)  # no compile
+  params, batch_stats = pretrained.with_trunk_weights(
+      variables['params'], variables['batch_stats'], path, stem='deep')
+
+  loaded = {'params': params, 'batch_stats': batch_stats}
+  flat = traverse_util.flatten_dict(loaded, sep='/')
+  trunk = {k.replace('/encoder/trunk', ''): v for k, v in flat.items() if '/encoder/trunk/' in k}
+  assert trunk.keys() == arrays.keys()
+  for key, value in trunk.items():
+    np.testing.assert_array_equal(value, arrays[key], err_msg=key)
+  rest = [k for k in flat if '/encoder/trunk/' not in k]
+  assert rest and all(np.all(flat[k] == 0.5) for k in rest)
+  assert traverse_util.flatten_dict(dict(variables), sep='/').keys() == flat.keys()

@@ -2,11 +2,64 @@
 
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
+import ml_collections
+from jax import lax
 
+from cct_jax import cpu_conv
 from cct_jax.models.cct import CCT, Encoder, init_variables
 from cct_jax.models.classifier import Classifier, class_activation_maps
 from cct_jax.models.multidomain import MultiDomainCCT
+from cct_jax.models.pretrained import FROM_SCRATCH
+from cct_jax.models.resnet import Convolution
+
+CPU_CONV_SETTINGS = ('auto', 'on', 'off')
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """Deep-stem dilated ResNet-50 at output stride 8 with PSP, 21 classes (paper sec. 4.1)."""
+  return ml_collections.ConfigDict(dict(
+      num_classes=21,
+      stem='deep',  # 'deep' (the authors' ImageNet weights) or 'torchvision'
+      stage_sizes=(3, 4, 6, 3),
+      width=64,
+      output_stride=8,
+      psp_features=512,
+      psp_bins=(1, 2, 3, 6),
+      decoder_final_relu=True,
+      decoder_width=0,  # channels of the decoders' upsampling blocks; 0: the class count
+      # 'bfloat16': mixed precision (computation in bf16; parameters, optimiser state,
+      # batch statistics and losses in float32)
+      dtype='float32',
+      # An .npz from tools/convert_torch_resnet.py, or 'none': the trunk from scratch. The
+      # paper's configs empty it, so that a run without ImageNet weights is a choice.
+      pretrained=FROM_SCRATCH,
+      encoder_from='',  # a --mode=pretrain_cls folder (<workdir>/classifier): its encoder
+      # The trunk's and PSP's convolutions through cct_jax.cpu_conv, which routes around
+      # XLA:CPU's slow kernel gradients: 'on', 'off', or 'auto' (on when the default
+      # backend is the CPU). The same sums either way.
+      cpu_conv='auto',
+  ))
+
+
+def tiny_model_config(num_classes: int) -> ml_collections.ConfigDict:
+  """A narrow one-block-per-stage variant of the same architecture, for CPU and tests."""
+  config = default_model_config()
+  config.num_classes = num_classes
+  config.stage_sizes = (1, 1, 1, 1)
+  config.width = 8
+  config.psp_features = 32
+  return config
+
+
+def convolution_from_config(setting: str) -> Convolution:
+  """The convolution `model.cpu_conv` asks for (see `default_model_config`)."""
+  if setting not in CPU_CONV_SETTINGS:
+    raise ValueError(f'model.cpu_conv must be one of {CPU_CONV_SETTINGS}, got {setting!r}')
+  if setting == 'on' or (setting == 'auto' and jax.default_backend() == 'cpu'):
+    return cpu_conv.conv_general_dilated
+  return lax.conv_general_dilated
 
 
 def encoder_from_config(model_cfg) -> Encoder:
@@ -19,6 +72,7 @@ def encoder_from_config(model_cfg) -> Encoder:
       psp_features=model_cfg.psp_features,
       psp_bins=tuple(model_cfg.psp_bins),
       dtype=jnp.dtype(model_cfg.dtype),
+      convolution=convolution_from_config(model_cfg.get('cpu_conv', 'auto')),
   )
 
 
@@ -39,5 +93,5 @@ def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:
 
 
 __all__ = ['CCT', 'Classifier', 'Encoder', 'MultiDomainCCT', 'class_activation_maps',
-           'classifier_from_config', 'encoder_from_config', 'init_variables',
-           'model_from_config']
+           'classifier_from_config', 'convolution_from_config', 'default_model_config',
+           'encoder_from_config', 'init_variables', 'model_from_config', 'tiny_model_config']

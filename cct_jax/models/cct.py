@@ -14,10 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import traverse_util
+from jax import lax
 
 from cct_jax.models.decoders import Decoder
 from cct_jax.models.psp import PSP
-from cct_jax.models.resnet import ResNet
+from cct_jax.models.resnet import Convolution, ResNet
+
+# The collection of the diagnostics a model sows (nothing trains on them).
+METRICS = 'metrics'
 
 # perturb(z, key, main_logits, decode) -> perturbed z; `decode` is the owning auxiliary
 # decoder as a pure function of z (I-VAT differentiates through it).
@@ -65,12 +70,15 @@ class Encoder(nn.Module):
   # Of the computation (bfloat16: mixed precision); parameters and batch statistics stay
   # float32, and CCT returns float32 logits, so losses are computed in float32.
   dtype: jnp.dtype = jnp.float32
+  # How the trunk's and PSP's convolutions are computed; the same sums either way.
+  convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, self.dtype,
-               name='trunk')(x.astype(self.dtype), train)
-    return PSP(self.psp_features, self.psp_bins, self.dtype, name='psp')(x, train)
+               self.convolution, name='trunk')(x.astype(self.dtype), train)
+    return PSP(self.psp_features, self.psp_bins, self.dtype, self.convolution,
+               name='psp')(x, train)
 
 
 def perturbation_type_key(key: jax.Array, name: str) -> jax.Array:
@@ -99,8 +107,9 @@ class DecoderStack(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
-               perturb: Perturbation) -> jax.Array:
-    """Returns the stacked auxiliary logits (count, B, 8h, 8w, C)."""
+               perturb: Perturbation) -> tuple[jax.Array, jax.Array]:
+    """Returns the stacked auxiliary logits (count, B, 8h, 8w, C) and the size of each
+    perturbation, ||z~ - z|| per decoder and sample (count, B)."""
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
     decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu,
                       self.decoder_width, self.dtype, parent=None)
@@ -110,13 +119,20 @@ class DecoderStack(nn.Module):
 
     def perturb_and_decode(params, decoder_key):
       decode = lambda h: decoder.apply({'params': params}, h)
-      return decode(perturb(z, decoder_key, main_logits, decode))
+      z_tilde = perturb(z, decoder_key, main_logits, decode)
+      size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - z).astype(jnp.float32)), axis=(1, 2, 3)))
+      return decode(z_tilde), size
 
     return jax.vmap(perturb_and_decode)(stack, jax.random.split(key, self.count))
 
 
 class AuxiliaryDecoders(nn.Module):
-  """One `DecoderStack` per perturbation type with a non-zero count."""
+  """One `DecoderStack` per perturbation type with a non-zero count.
+
+  Into the 'metrics' collection, when the caller makes it mutable, it sows each type's
+  mean ||z~ - z|| as `perturbation_norm_<type>`: a perturbation that leaves z as it is
+  shows as 0 (an I-VAT direction of zero, a mask that never fires).
+  """
   counts: Mapping[str, int]
   num_classes: int
   final_relu: bool = True
@@ -131,7 +147,10 @@ class AuxiliaryDecoders(nn.Module):
       if count > 0:
         stack = DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
                              self.decoder_width, self.dtype, name=name)
-        aux[name] = stack(z, perturbation_type_key(key, name), main_logits, perturbations[name])
+        aux[name], sizes = stack(z, perturbation_type_key(key, name), main_logits,
+                                 perturbations[name])
+        if not self.is_initializing():
+          self.sow(METRICS, f'perturbation_norm_{name}', jnp.mean(sizes))
     return aux
 
 
@@ -179,6 +198,17 @@ class CCT(nn.Module):
     to_output = lambda logits: resize_logits(logits.astype(jnp.float32), size or
                                              logits.shape[-3:-1])
     return to_output(main_logits), {name: to_output(logits) for name, logits in aux.items()}
+
+
+def sown_metrics(updates: Sequence[Mapping]) -> dict[str, jax.Array]:
+  """The diagnostics sown into `METRICS` by the `apply` passes that left `updates` (their
+  mutable collections), by name (the last key of the path), averaged over the sowings."""
+  sown = {}
+  for collections in updates:
+    flat = traverse_util.flatten_dict(dict(collections.get(METRICS, {})))
+    for path, values in flat.items():
+      sown.setdefault(path[-1], []).extend(values)
+  return {name: sum(values) / len(values) for name, values in sown.items()}
 
 
 def init_variables(model: CCT, key: jax.Array, image_shape: Sequence[int]):

@@ -10,18 +10,25 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cct_jax.models import initializers
 from cct_jax.models.cct import Encoder
 
 
 class Classifier(nn.Module):
-  """`encoder` + g_c; returns (logits (B, num_outputs), z (B, h, w, D))."""
+  """`encoder` + g_c; returns (logits (B, num_outputs), z (B, h, w, D)).
+
+  g_c starts as PyTorch's default layer, as the classifier of IRN (Ahn et al.), whose CAMs
+  the authors' pseudo-labels come from (github.com/yassouali/CCT, `pseudo_labels/`).
+  """
   num_outputs: int
   encoder: Encoder = Encoder()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False):
     z = self.encoder(x, train)
-    logits = nn.Dense(self.num_outputs, name='classifier')(jnp.mean(z, axis=(1, 2)))
+    logits = nn.Dense(self.num_outputs, kernel_init=initializers.torch_default_kernel,
+                      bias_init=initializers.torch_default_bias(z.shape[-1]),
+                      name='classifier')(jnp.mean(z, axis=(1, 2)))
     return logits, z
 
 

@@ -1,4 +1,5 @@
-"""Pixel-shuffle decoder (SPEC 1; paper sec. 4.1 and App. D).
+"""Pixel-shuffle decoder (paper sec. 4.1 and App. D), as the authors' `models/decoders.py`
+(github.com/yassouali/CCT).
 
 Every decoder, main or auxiliary, is the same stateless network: a 1x1 projection of z to
 C channels, then x2 sub-pixel upsampling blocks (three at output stride 8), giving logits
@@ -9,6 +10,8 @@ pytree with a leading axis of size K that `jax.vmap` runs as one computation.
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from cct_jax.models import initializers
 
 
 def pixel_shuffle(x: jax.Array, scale: int = 2) -> jax.Array:
@@ -24,11 +27,12 @@ def pixel_shuffle(x: jax.Array, scale: int = 2) -> jax.Array:
   return x.reshape(b, h * scale, w * scale, out_channels)
 
 
-def icnr_init(scale: int = 2, base_init=nn.initializers.he_normal()):
+def icnr_init(scale: int = 2, base_init=initializers.kaiming_normal_fan_in):
   """ICNR (Aitken et al., 2017): each group of scale**2 output channels starts equal.
 
   Output channel s*s*c + r copies sub-kernel c for every r, so the pixel shuffle of the
-  initial output is a nearest-neighbour upsampling: no checkerboard at the start.
+  initial output is a nearest-neighbour upsampling: no checkerboard at the start. The
+  sub-kernels are drawn as the authors' `icnr` draws them, kaiming-normal over fan_in.
   """
 
   def init(key, shape, dtype=jnp.float32):
@@ -39,22 +43,18 @@ def icnr_init(scale: int = 2, base_init=nn.initializers.he_normal()):
   return init
 
 
-def torch_default_bias_init(fan_in: int):
-  """PyTorch's default conv bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / fan_in**0.5
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
-
-
 class Decoder(nn.Module):
   """1x1 conv z -> C (no bias), then `num_upsamples` x [1x1 conv C -> 4C, ReLU, shuffle x2].
 
   The 1x1 convolutions are `Dense` layers on the channel axis: the same arithmetic, and a
   vmapped stack of them lowers to one batched matmul. `final_relu=True` keeps the
-  authors' ReLU in the last block (non-negative logits, SPEC 1). C is the class count in
+  authors' ReLU in the last block (non-negative logits). C is the class count in
   the paper; `width` > 0 sets the channels of every block but the last instead, because
   a network trained from scratch with few classes can lose a class for good when one of
   so few ReLU channels dies (configs/demo.py: fashion5).
+
+  Initialised as the authors' `upsample`: the projection kaiming-normal, the upsampling
+  convs ICNR with PyTorch's default bias.
   """
   num_classes: int
   num_upsamples: int = 3
@@ -65,12 +65,12 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     hidden = self.width or self.num_classes
-    x = nn.Dense(hidden, use_bias=False, kernel_init=nn.initializers.he_normal(),
+    x = nn.Dense(hidden, use_bias=False, kernel_init=initializers.kaiming_normal_fan_in,
                  dtype=self.dtype, name='conv_in')(z)
     for i in range(self.num_upsamples):
       last = i == self.num_upsamples - 1
       x = nn.Dense(4 * (self.num_classes if last else hidden), kernel_init=icnr_init(),
-                   bias_init=torch_default_bias_init(x.shape[-1]), dtype=self.dtype,
+                   bias_init=initializers.torch_default_bias(x.shape[-1]), dtype=self.dtype,
                    name=f'upsample_{i}')(x)
       if self.final_relu or not last:
         x = nn.relu(x)

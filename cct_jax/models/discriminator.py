@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import jax
 from flax import linen as nn
 
+from cct_jax.models import initializers
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def gradient_reversal(x: jax.Array, scale: float) -> jax.Array:
@@ -38,15 +40,21 @@ class Discriminator(nn.Module):
   """Table 8: 3x3 convolutions (64, 128, 256, 512 channels) with LeakyReLU, then a 1x1
   convolution to one logit per domain, all at z's resolution (H/8 x W/8 at output stride
   8). Stride 1 with symmetric padding, as in the fully convolutional discriminator of
-  Hung et al. (the paper's [25]), whose LeakyReLU slope (0.2) it takes."""
+  Hung et al. (the paper's [25]), whose LeakyReLU slope (0.2) and initialisation
+  (PyTorch's default convolutions) it takes."""
   num_domains: int = 2
   features: Sequence[int] = (64, 128, 256, 512)
   negative_slope: float = 0.2
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
+    def conv(x, features, kernel, name):
+      return nn.Conv(features, (kernel, kernel), padding=((kernel // 2,) * 2,) * 2,
+                     kernel_init=initializers.torch_default_kernel,
+                     bias_init=initializers.torch_default_bias(x.shape[-1] * kernel**2),
+                     name=name)(x)
+
     x = z
     for i, features in enumerate(self.features):
-      x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=f'conv{i}')(x)
-      x = nn.leaky_relu(x, self.negative_slope)
-    return nn.Conv(self.num_domains, (1, 1), name='classifier')(x)
+      x = nn.leaky_relu(conv(x, features, 3, f'conv{i}'), self.negative_slope)
+    return conv(x, self.num_domains, 1, 'classifier')

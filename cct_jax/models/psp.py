@@ -1,4 +1,4 @@
-"""Pyramid pooling module (Zhao et al., PSPNet; SPEC 1), giving the 512-channel z."""
+"""Pyramid pooling module (Zhao et al., PSPNet; paper sec. 4.1), giving the 512-channel z."""
 
 import functools
 from collections.abc import Sequence
@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax import lax
 
-from cct_jax.models.resnet import BatchNorm, conv
+from cct_jax.models import initializers
+from cct_jax.models.resnet import BatchNorm, Convolution, conv
 
 
 def adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
@@ -34,15 +36,21 @@ def adaptive_avg_pool(x: jax.Array, bins: int) -> jax.Array:
 
 
 class PSP(nn.Module):
-  """Per bin: pool -> 1x1 conv -> BN -> ReLU -> bilinear back; concat; 3x3 conv -> BN -> ReLU."""
+  """Per bin: pool -> 1x1 conv -> BN -> ReLU -> bilinear back; concat; 3x3 conv -> BN -> ReLU.
+
+  ImageNet does not provide it: its convolutions start as PyTorch's default, which the
+  authors' `_PSPModule` keeps.
+  """
   features: int = 512
   bins: Sequence[int] = (1, 2, 3, 6)
   dtype: jnp.dtype = jnp.float32
+  convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
-    conv_ = functools.partial(conv, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype, convolution=self.convolution,
+                              kernel_init=initializers.torch_default_kernel)
     b, h, w, _ = x.shape
     pyramid = [x]
     for i, bins in enumerate(self.bins):

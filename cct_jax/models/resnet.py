@@ -1,4 +1,4 @@
-"""Dilated ResNet-50 trunk (SPEC 1; paper sec. 4.1).
+"""Dilated ResNet-50 trunk (paper sec. 4.1).
 
 Bottleneck v1.5 (stride on the 3x3 conv) with the `deep` stem of the authors' ImageNet
 weights or torchvision's 7x7 stem. At output stride 8, layer3 and layer4 keep their
@@ -11,13 +11,14 @@ the weight converter is a renaming plus transposes.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
-from cct_jax.models import cpu_conv
+from cct_jax.models import initializers
 
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
@@ -25,17 +26,20 @@ BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 _EXPANSION = 4
 
 
+# `lax.conv_general_dilated`'s signature: how a network computes its convolutions (the
+# caller may pass another implementation of the same sums, e.g. cct_jax.cpu_conv's).
+Convolution = Callable[..., jax.Array]
+
+
 def conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, name: str | None = None,
-         dtype=jnp.float32):
+         dtype=jnp.float32, convolution: Convolution = lax.conv_general_dilated,
+         kernel_init=initializers.kaiming_normal_fan_out):
   """A bias-free conv with PyTorch's symmetric padding `dilation * (kernel // 2)`, computing
-  in `dtype` (its kernel is stored in float32 whatever `dtype` is); on the CPU through
-  cpu_conv, which routes around XLA:CPU's slow kernel gradients and wide 3x3 convs."""
+  in `dtype` (its kernel is stored in float32 whatever `dtype` is) with `convolution`."""
   pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                 kernel_dilation=dilation, use_bias=False,
-                 conv_general_dilated=cpu_conv.conv_general_dilated,
-                 kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-                 dtype=dtype, name=name)
+                 kernel_dilation=dilation, use_bias=False, conv_general_dilated=convolution,
+                 kernel_init=kernel_init, dtype=dtype, name=name)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -49,11 +53,12 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   train: bool = False
   dtype: jnp.dtype = jnp.float32
+  convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     norm = functools.partial(BatchNorm, use_running_average=not self.train, dtype=self.dtype)
-    conv_ = functools.partial(conv, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype, convolution=self.convolution)
     out_features = self.planes * _EXPANSION
     y = nn.relu(norm(name='bn1')(conv_(self.planes, 1, name='conv1')(x)))
     y = conv_(self.planes, 3, self.stride, self.dilation, name='conv2')(y)
@@ -92,11 +97,12 @@ class ResNet(nn.Module):
   stem: str = 'deep'
   output_stride: int = 8
   dtype: jnp.dtype = jnp.float32  # of the computation; parameters stay float32
+  convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False):
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
-    conv_ = functools.partial(conv, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype, convolution=self.convolution)
     stages = {}
     if self.stem == 'deep':
       x = nn.relu(norm(name='bn1')(conv_(self.width, 3, 2, name='conv1')(x)))
@@ -114,6 +120,6 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
                        first_dilation if j == 0 else dilation, train, self.dtype,
-                       name=f'layer{i + 1}_{j}')(x)
+                       self.convolution, name=f'layer{i + 1}_{j}')(x)
       stages[f'layer{i + 1}'] = x
     return (x, stages) if return_stages else x

@@ -19,10 +19,12 @@ routes around both, computing the same sums in another order:
 
 The values agree with lax's to rounding (tests/test_models.py).
 
-`conv_general_dilated` is a drop-in for `lax.conv_general_dilated` in `nn.Conv`; on the CPU
-it takes this path for the convolutions the network has (NHWC / HWIO, any stride, padding
-and kernel dilation, no input dilation or groups) and leaves the others to lax. GPUs and
-TPUs keep lax's convolutions: their libraries have fast kernel-gradient convolutions.
+`conv_general_dilated` is a drop-in for `lax.conv_general_dilated` in `nn.Conv`: it takes
+this path for the convolutions the network has (NHWC / HWIO, any stride, padding and kernel
+dilation, no input dilation or groups) and leaves the others to lax. The model receives it
+as its convolution when `model.cpu_conv` says so (`models.model_from_config`: by default
+when the default backend is the CPU); GPUs and TPUs keep lax's convolutions, their
+libraries have fast kernel-gradient convolutions.
 """
 
 import functools
@@ -38,11 +40,11 @@ IN_FEATURES_PER_SLICE = 512
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`; on the CPU with the kernel gradient as one matmul per
-  kernel tap and a wide spatial kernel as a sum over input-channel slices."""
+  """`lax.conv_general_dilated` with the kernel gradient as one matmul per kernel tap and a
+  wide spatial kernel as a sum over input-channel slices."""
   dilation = tuple(rhs_dilation or (1,) * (lhs.ndim - 2))
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or numbers != _NHWC
+  if (lhs.ndim != 4 or numbers != _NHWC
       or any(d != 1 for d in lhs_dilation or (1, 1)) or feature_group_count != 1
       or batch_group_count != 1 or preferred_element_type is not None):
     return lax.conv_general_dilated(

@@ -221,10 +221,10 @@ def resolved_vat_method(method: str) -> str:
   the CPU with those roundings emulated (operands rounded to 10 or 7 mantissa bits), the
   cosine of the finite-difference direction with the exact (float32 'hvp') one, two
   samples each:
-    decoder over z of 8x8x32, 5 classes (the demo's size): float32 0.36, 0.35; TF32 0.05,
-      0.05; bfloat16 0.05, -0.15.
-    decoder over z of 41x41x512, 21 classes (VOC's size): float32 0.02, 0.01; TF32 0.01,
-      -0.02; bfloat16 0.04, 0.01.
+    decoder over z of 8x8x32, 5 classes (the demo's size): float32 0.359, 0.350; TF32
+      0.047, 0.052; bfloat16 0.046, -0.153.
+    decoder over z of 41x41x512, 21 classes (VOC's size): float32 0.019, 0.005; TF32
+      0.006, -0.019; bfloat16 0.037, 0.005.
   'hvp' stayed at 1.00 (0.999 under bfloat16) throughout. So under TF32 or bfloat16 the
   finite difference is noise; at VOC's size it is in float32 too (xi * d, about 1e-9 a
   component, vanishes against z's float32 resolution): the authors' I-VAT was close to a

@@ -260,7 +260,8 @@ def test_every_perturbation_is_the_same_on_one_and_four_devices(decoder):
   I-VAT runs a decoder forward/backward whose reductions may round differently once
   sharded, so it gets a float32 tolerance, and uses the 'hvp' method: at the default
   xi = 1e-6, xi * d is below the float32 resolution of z, so the finite-difference
-  direction is largely rounding noise (SPEC 2) and changes with any reduction order.
+  direction is largely rounding noise (`perturbations.resolved_vat_method`) and changes with
+  any reduction order.
   """
   module, params = decoder
   cfg = pt.default_perturbation_config()

@@ -72,7 +72,7 @@ def encoder_from_config(model_cfg) -> Encoder:
       psp_features=model_cfg.psp_features,
       psp_bins=tuple(model_cfg.psp_bins),
       dtype=jnp.dtype(model_cfg.dtype),
-      convolution=convolution_from_config(model_cfg.get('cpu_conv', 'auto')),
+      convolution=convolution_from_config(model_cfg.cpu_conv),
   )
 
 

@@ -29,8 +29,10 @@ demo: $(VENV)/installed
 	@echo "(image | truth | prediction), predictions/ (label PNGs and overlays),"
 	@echo "metrics.jsonl, tensorboard/ (tensorboard --logdir $(DEMO)), checkpoints/, best/."
 
+# Two workers: most of a test's time is XLA compiling, one core each. A test file runs on
+# one worker, so its module fixtures (a trained smoke run) are made once.
 test: $(VENV)/installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs

@@ -7,7 +7,7 @@
 
 Models: `full` is the VOC network (deep-stem dilated ResNet-50 at output stride 8, PSP, 21
 classes, the 30 auxiliary decoders of the default roster); `small` is the tiny variant
-(configs: defaults.tiny_model_config) with the same decoders. For each model, dtype and
+(configs: models.tiny_model_config) with the same decoders. For each model, dtype and
 CPU device count, one child process measures (so that device count, XLA flags and peak
 memory are its own; the batch sizes are per device, so 4 devices step 8 + 8 images):
   - the semi-supervised train step, the supervised step and inference (whole image, 2 images
@@ -114,11 +114,11 @@ def measure(spec: dict) -> dict:
   import numpy as np
 
   sys.path.insert(0, REPO)
-  from cct_jax import defaults, models, parallel, perturbations, train
+  from cct_jax import defaults, methods, models, parallel, perturbations, train
 
   config = defaults.base_config('voc')
   if spec['model'] == 'small':
-    config.model = defaults.tiny_model_config(config.data.num_classes)
+    config.model = models.tiny_model_config(config.data.num_classes)
   config.model.dtype = spec['dtype']
   mesh = parallel.data_mesh()
   rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -137,7 +137,7 @@ def measure(spec: dict) -> dict:
     config.train.mode = mode
     if counts is not None:
       perturbations.set_counts(config.perturbations, counts)
-    model = models.model_from_config(config.model, train.aux_counts(config))
+    model = models.model_from_config(config.model, methods.aux_counts(config))
     state = train.create_train_state(config, model, 1000, mesh)
     step_fn = train.make_train_step(config, model, 1000)
     step = jax.jit(step_fn, in_shardings=(rep, sharded, sharded), out_shardings=(rep, rep),
@@ -174,7 +174,7 @@ def measure(spec: dict) -> dict:
     _, _, sup_s, _, _ = train_step('supervised')
     result.update(supervised_step_s=sup_s, supervised_images_per_s=batch / sup_s)
 
-    predict = train.make_predict_fn(config, model)
+    predict = jax.jit(train.make_predict_fn(config, model))
     images = labelled['image']
     infer_s = median_seconds(lambda: jax.block_until_ready(predict(state, images)),
                              spec['warmup'], spec['repeats'])

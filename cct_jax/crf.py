@@ -183,13 +183,15 @@ def _symmetric_norm(lattice: Lattice) -> jax.Array:
 @jax.jit(static_argnames='iterations')
 def _mean_field(unary: jax.Array, lattices: tuple[Lattice, ...], compats: jax.Array,
                 iterations: int) -> jax.Array:
-  """Marginals (N, C) after `iterations` mean-field updates from (N, C) unary energies."""
+  """Marginals (N, M, C) after `iterations` mean-field updates from (N, M, C) unary
+  energies: M CRFs on one image, filtered together (the filter is linear per channel)."""
   norms = [_symmetric_norm(lattice) for lattice in lattices]
 
   def update(_, q):
-    message = sum(compat * norm * lattice_filter(lattice, norm * q)
+    flat = q.reshape(q.shape[0], -1)
+    message = sum(compat * norm * lattice_filter(lattice, norm * flat)
                   for lattice, norm, compat in zip(lattices, norms, compats))
-    return jax.nn.softmax(message - unary, axis=-1)
+    return jax.nn.softmax(message.reshape(q.shape) - unary, axis=-1)
 
   return jax.lax.fori_loop(0, iterations, update, jax.nn.softmax(-unary, axis=-1))
 
@@ -224,23 +226,25 @@ def _check_config(config: ml_collections.ConfigDict):
 
 
 def dense_crf(image, unary, config: ml_collections.ConfigDict) -> jax.Array:
-  """Marginals (H, W, C) float32 of the CRF on a uint8 (H, W, 3) image, given unary
-  energies (negative log-probabilities) (H, W, C)."""
+  """Marginals (..., H, W, C) float32 of the CRF on a uint8 (H, W, 3) image, given unary
+  energies (negative log-probabilities) (..., H, W, C): each leading index its own CRF,
+  all sharing the image's lattices."""
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
     raise ValueError(f'dense_crf needs a uint8 (H, W, 3) image, got {image.dtype} '
                      f'{image.shape}')
   height, width, _ = image.shape
-  if unary.ndim != 3 or unary.shape[:2] != (height, width):
+  if unary.ndim < 3 or unary.shape[-3:-1] != (height, width):
     raise ValueError(f'unary of shape {unary.shape} does not match the image '
-                     f'{image.shape}: expected ({height}, {width}, C)')
+                     f'{image.shape}: expected (..., {height}, {width}, C)')
   _check_config(config)
   lattices = (_position_lattice(height, width, float(config.gaussian.sxy)),
               _bilateral_lattice(image, config.bilateral.sxy, config.bilateral.srgb))
   compats = jnp.asarray([config.gaussian.compat, config.bilateral.compat], jnp.float32)
-  marginals = _mean_field(jnp.asarray(unary, jnp.float32).reshape(height * width, -1),
-                          lattices, compats, iterations=config.iterations)
-  return marginals.reshape(unary.shape)
+  per_pixel = jnp.asarray(unary, jnp.float32).reshape(-1, height * width, unary.shape[-1])
+  marginals = _mean_field(per_pixel.transpose(1, 0, 2), lattices, compats,
+                          iterations=config.iterations)
+  return marginals.transpose(1, 0, 2).reshape(unary.shape)
 
 
 def unary_from_labels(labels, num_classes: int, gt_prob: float) -> np.ndarray:
@@ -268,3 +272,26 @@ def refine_labels(image, labels, num_classes: int,
   """The CRF's labels (H, W) int32 for a label map (255 = unsure) on its image."""
   unary = unary_from_labels(labels, num_classes, config.gt_prob)
   return jnp.argmax(dense_crf(image, unary, config), axis=-1).astype(jnp.int32)
+
+
+def refine_among(image, label_maps, classes, config: ml_collections.ConfigDict) -> np.ndarray:
+  """The CRF's labels (M, H, W) int32 for label maps (M, H, W) on one image, each CRF over
+  `classes` alone (class ids; every label must be one of them, none unsure).
+
+  IRN's `crf_inference_label` (github.com/jiwoon-ahn/irn, misc/imutils.py), which made the
+  authors' pseudo-labels (github.com/yassouali/CCT, pseudo_labels/): the CRF of an image
+  runs over its present classes plus background, so it cannot move a pixel to a class the
+  image does not contain.
+  """
+  classes = np.asarray(classes, np.int32)
+  label_maps = np.asarray(label_maps)
+  outside = ~np.isin(label_maps, classes)
+  if np.any(outside):
+    raise ValueError(f'labels {np.unique(label_maps[outside]).tolist()} are not among '
+                     f'the classes {classes.tolist()}')
+  order = np.argsort(classes)
+  local = order[np.searchsorted(classes[order], label_maps)]
+  if len(classes) == 1:  # nothing to decide (and no CRF over one label)
+    return np.full(label_maps.shape, classes[0], np.int32)
+  unary = np.stack([unary_from_labels(m, len(classes), config.gt_prob) for m in local])
+  return classes[np.argmax(np.asarray(dense_crf(image, unary, config)), axis=-1)]

@@ -4,44 +4,15 @@ Each section's defaults live beside the code that reads them; this module only a
 them, so a config file states what differs from the paper and nothing else.
 """
 
+import dataclasses
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from cct_jax import baselines, losses, multidomain, perturbations, schedules, weak
+from cct_jax import baselines, losses, models, perturbations, schedules, weak
 from cct_jax.data import factory as data_factory
-
-
-def model_config() -> ml_collections.ConfigDict:
-  """Deep-stem dilated ResNet-50 at output stride 8 with PSP, 21 classes."""
-  return ml_collections.ConfigDict(dict(
-      num_classes=21,
-      stem='deep',  # 'deep' (the authors' ImageNet weights) or 'torchvision'
-      stage_sizes=(3, 4, 6, 3),
-      width=64,
-      output_stride=8,
-      psp_features=512,
-      psp_bins=(1, 2, 3, 6),
-      decoder_final_relu=True,
-      decoder_width=0,  # channels of the decoders' upsampling blocks; 0: the class count
-      # 'bfloat16': mixed precision (computation in bf16; parameters, optimiser state,
-      # batch statistics and losses in float32)
-      dtype='float32',
-      pretrained='',  # an .npz from tools/convert_torch_resnet.py; '' trains from scratch
-      encoder_from='',  # a --mode=pretrain_cls folder (<workdir>/classifier): its encoder
-  ))
-
-
-def tiny_model_config(num_classes: int) -> ml_collections.ConfigDict:
-  """A narrow one-block-per-stage variant of the same architecture, for CPU and tests."""
-  config = model_config()
-  config.num_classes = num_classes
-  config.stage_sizes = (1, 1, 1, 1)
-  config.width = 8
-  config.psp_features = 32
-  return config
 
 
 def data_config(name: str) -> ml_collections.ConfigDict:
@@ -56,6 +27,10 @@ def train_config() -> ml_collections.ConfigDict:
       num_steps=0,  # 0: num_epochs passes over the unlabelled set
       num_epochs=50,
       log_every=20,
+      # Several processes agree on a stop request (SIGTERM, e.g. Slurm's at the time limit)
+      # every this many steps, by a collective: a stop lands within as many steps (and a
+      # save) of the signal. One step pays a host-device round trip more.
+      stop_check_every=5,
       eval_every=1000,
       checkpoint_every=1000,
       max_checkpoints=2,
@@ -73,7 +48,7 @@ def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = data_config(dataset)
-  config.model = model_config()
+  config.model = models.default_model_config()
   config.model.num_classes = config.data.num_classes
   config.perturbations = perturbations.default_perturbation_config()
   config.loss = losses.default_loss_config()
@@ -102,8 +77,11 @@ def multi_domain(config: ml_collections.ConfigDict,
   get its `num_classes`, so `model.num_classes` goes too. Adds the adversarial branch of
   App. E, off, and `domain_batch_stats` (BN running statistics per domain), off."""
   config.domains = ml_collections.ConfigDict(dict(domains))
-  config.adversarial = multidomain.default_adversarial_config()
-  config.domain_batch_stats = multidomain.DOMAIN_BATCH_STATS
+  # App. E: off by default (it hurt in the paper's Table 7); lambda_adv = 2e-2.
+  config.adversarial = ml_collections.ConfigDict(dict(enabled=False, weight=2e-2))
+  # Whether each domain keeps its own BN running statistics of the shared encoder (not in
+  # the paper): with one set, the statistics mix the domains and fit neither at evaluation.
+  config.domain_batch_stats = False
   del config['data']
   del config.model['num_classes']
   return config
@@ -112,18 +90,44 @@ def multi_domain(config: ml_collections.ConfigDict,
 def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps of a tiny model on 64x64 crops with one decoder per perturbation type:
   checks that a configuration runs end to end on a CPU, not what it learns."""
-  config.model = tiny_model_config(config.data.num_classes)
+  config.model = models.tiny_model_config(config.data.num_classes)
+  # No input worker processes: a few steps cannot repay starting them.
   config.data.update(crop_size=64, base_size=80, resize_to=(64, 64), batch_size_labelled=4,
-                     batch_size_unlabelled=4)
-  config.perturbations.counts = {name: min(count, 1)
-                                 for name, count in config.perturbations.counts.items()}
+                     batch_size_unlabelled=4, num_workers=0)
+  perturbations.set_counts(config.perturbations, {
+      name: min(count, 1)
+      for name, count in perturbations.decoder_counts(config.perturbations).items()})
   config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
   return config
 
 
-def finish(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """A config file's argument: the number of labelled images, or 'smoke'."""
-  if arg == 'smoke':
-    return shrink_for_smoke_test(config)
-  config.data.num_labelled = int(arg)
-  return config
+@dataclasses.dataclass(frozen=True)
+class ConfigArg:
+  """A config file's argument (`--config=configs/x.py:ARG`), parsed."""
+  dataset: str | None = None  # one of the file's datasets, where it offers several
+  labelled: int | None = None  # the number of labelled images
+  smoke: bool = False  # a few steps of a tiny model (`shrink_for_smoke_test`)
+
+
+def parse_arg(arg: str, path: str, datasets: Sequence[str] = ()) -> ConfigArg:
+  """Comma-separated parts of a config file's argument, in any order: a dataset of
+  `datasets`, a labelled count and/or `smoke` (e.g. 'fashion5,smoke', '1464')."""
+  fields = {}
+  for part in filter(None, arg.split(',')):
+    if part == 'smoke':
+      fields['smoke'] = True
+    elif part in datasets:
+      fields['dataset'] = part
+    elif part.isdigit():
+      fields['labelled'] = int(part)
+    else:
+      choices = ', '.join([*datasets, 'a labelled count', 'smoke'])
+      raise ValueError(f'{path}: unknown argument {part!r}; give {choices}')
+  return ConfigArg(**fields)
+
+
+def finish(config: ml_collections.ConfigDict, arg: ConfigArg) -> ml_collections.ConfigDict:
+  """The labelled count and the smoke variant of a config file's argument."""
+  if arg.labelled is not None:
+    config.data.num_labelled = arg.labelled
+  return shrink_for_smoke_test(config) if arg.smoke else config

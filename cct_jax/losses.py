@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-IGNORE_INDEX = 255
+from cct_jax.labels import IGNORE_INDEX
+
 DISTANCES = ('mse', 'kl', 'js')
 
 

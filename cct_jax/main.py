@@ -20,13 +20,16 @@ Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process
 """
 
 import os
+import sys
 
 from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from cct_jax import data, multidomain, parallel, predict, summary, train, writers
-from cct_jax.weak import classify, pseudo_labels
+from cct_jax import (classify, config_drift, data, multidomain, parallel, predict, summary,
+                     train, writers)
+from cct_jax.models import pretrained
+from cct_jax.weak import pseudo_labels
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
@@ -36,6 +39,8 @@ flags.DEFINE_enum('mode', 'train',
                   'What to do.')
 flags.DEFINE_string('input', None, 'predict: folder of images.')
 flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
+flags.DEFINE_integer('step', None, 'predict: the checkpoint of this step (default: the best, '
+                     'else the latest).')
 flags.DEFINE_string('domain', None, 'Multi-domain configs: the domain whose decoders eval '
                     '(default: every domain) and predict (required) use.')
 flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
@@ -62,7 +67,15 @@ def main(argv):
   if FLAGS.multihost or FLAGS.coordinator_address:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-  config, workdir = FLAGS.config, FLAGS.workdir
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except (config_drift.ConfigDriftError, pretrained.PretrainedWeightsError,
+          data.DataError) as error:  # the user's to fix: the message, not a traceback
+    sys.exit(f'error: {error}')
+
+
+def run(config, workdir: str) -> None:
+  """The work of `--mode`."""
   multi_domain = 'domains' in config
   if FLAGS.domain and not multi_domain:
     raise app.UsageError('--domain picks the decoders of a multi-domain config (one with '
@@ -77,7 +90,8 @@ def main(argv):
   elif FLAGS.mode == 'predict':
     if not (FLAGS.input and FLAGS.output):
       raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
-    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output, domain=FLAGS.domain)
+    predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output, domain=FLAGS.domain,
+                           step=FLAGS.step)
   elif FLAGS.mode == 'pretrain_cls':
     classify.train_classifier(config, workdir)
   elif FLAGS.mode == 'pseudo_labels':

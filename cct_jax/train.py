@@ -1,14 +1,17 @@
-"""CCT training and evaluation (paper sec. 3.2, SPEC 4): `train_and_evaluate(config, workdir)`.
+"""Training, written once: the `Trainer` skeleton, CCT's train step, and the single-domain
+run `train_and_evaluate(config, workdir)` (paper sec. 3.2).
 
-Read top to bottom in phases: logging, mesh, input, model and state, the jitted step,
-checkpoints and resume, the loop with its evaluations, the final test evaluation.
+Every run goes through the same phases (`Trainer.run`): logging, mesh, state, checkpoints
+and resume, data streams and the jitted step, the loop (metrics, the stop on a non-finite
+loss, SIGTERM, model selection on val, checkpoints), then the best checkpoint scored on the
+reported split. A variant overrides only the hooks that differ: the multi-domain run
+(multidomain.py) and classification pre-training (classify.py).
 
-One iteration is one labelled and one unlabelled batch. The labelled batch trains the
-encoder and main decoder with L_s; the unlabelled batch goes through the encoder in a
-separate pass (its own BN statistics, as the authors' code) and trains the encoder and the
-auxiliary decoders with the ramped consistency loss w_u(t) L_u (Eq. 3). `train.mode` picks
-the unsupervised term: CCT ('semi'), none ('supervised'), or one of the input-consistency
-baselines of App. A ('mean_teacher', 'input_vat'; baselines.py).
+One iteration is one labelled and, when the method uses them, one unlabelled batch. The
+labelled batch trains the encoder and main decoder with L_s; the unlabelled batch goes
+through the encoder in a separate pass (its own BN statistics, as the authors' code,
+github.com/yassouali/CCT) and trains what the method's term trains, weighted by the ramp
+w_u(t) (Eq. 3). `train.mode` picks the method (methods/).
 """
 
 import os
@@ -17,315 +20,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
-from flax.training import train_state
 
-from cct_jax import (baselines, checkpointing, evaluate, losses, models, parallel,
-                     perturbations, schedules, visualize)
+from cct_jax import (checkpointing, config_drift, evaluate, losses, methods, models,
+                     parallel, perturbations, progress, schedules, state as state_lib,
+                     visualize)
 from cct_jax.data import factory as data_factory
-from cct_jax.data import voc
-from cct_jax.models import cct, pretrained
+from cct_jax.models import cct as cct_model, pretrained
+from cct_jax.state import TrainState
 from cct_jax.writers import MetricWriter
-
-
-MODES = ('semi', 'supervised', 'mean_teacher', 'input_vat')
-
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any
-
-
-class MeanTeacherState(TrainState):
-  """`train.mode='mean_teacher'`: the teacher, the EMA {'params', 'batch_stats'} of the
-  student, is saved and restored with the rest (a class of its own keeps the other modes'
-  checkpoints as they are)."""
-  teacher: Any
-
-
-def teacher_of(state: TrainState):
-  """Mean Teacher's teacher variables; None for the other methods."""
-  return state.teacher if isinstance(state, MeanTeacherState) else None
-
-
-def check_config(config) -> None:
-  """Mistakes that would otherwise surface deep in a run, or never."""
-  if config.train.mode not in MODES:
-    raise ValueError(f'train.mode must be one of {MODES}, got {config.train.mode!r}')
-  if config.model.num_classes != config.data.num_classes:
-    raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
-                     f'{config.data.num_classes} ({config.data.name})')
-  perturbations.build_perturbations(config.perturbations)  # unknown types, VAT method
-  if config.model.encoder_from and config.model.pretrained:
-    raise ValueError('model.encoder_from and model.pretrained both set: start from one')
-  if config.data.pseudo_labels and config.train.mode != 'semi':
-    raise ValueError("data.pseudo_labels train the auxiliary decoders: train.mode='semi'")
-  baselines.check_config(config.baselines)
-
-
-def aux_counts(config) -> dict[str, int]:
-  """The auxiliary decoders the run trains: none for the supervised baseline."""
-  return dict(config.perturbations.counts) if config.train.mode == 'semi' else {}
-
-
-def uses_unlabelled(config) -> bool:
-  return config.train.mode != 'supervised'
-
-
-def total_steps(config, num_unlabelled: int) -> int:
-  """`train.num_steps`, or `train.num_epochs` passes over the unlabelled set (SPEC 4)."""
-  if config.train.num_steps > 0:
-    return config.train.num_steps
-  steps_per_epoch = -(-num_unlabelled // config.data.batch_size_unlabelled)
-  return config.train.num_epochs * steps_per_epoch
-
-
-def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
-  """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
-
-  def init(key):
-    variables = models.init_variables(model, key, (1, 64, 64, 3))
-    fields = dict(apply_fn=model.apply, params=variables['params'],
-                  batch_stats=variables['batch_stats'],
-                  tx=schedules.make_optimizer(config.optim, num_steps))
-    if config.train.mode == 'mean_teacher':
-      return MeanTeacherState.create(**fields, teacher=baselines.initial_teacher(
-          variables['params'], variables['batch_stats']))
-    return TrainState.create(**fields)
-
-  key = jax.random.fold_in(jax.random.key(config.seed), 0)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
-  if config.model.pretrained:
-    trunk = {'params': state.params['encoder']['trunk'],
-             'batch_stats': state.batch_stats['encoder']['trunk']}
-    loaded = pretrained.load_trunk_weights(jax.device_get(trunk), config.model.pretrained,
-                                           stem=config.model.stem)
-    params = dict(state.params, encoder=dict(state.params['encoder'], trunk=loaded['params']))
-    stats = dict(state.batch_stats,
-                 encoder=dict(state.batch_stats['encoder'], trunk=loaded['batch_stats']))
-    state = state.replace(params=params, batch_stats=stats)
-    state = state.replace(opt_state=state.tx.init(state.params))
-    if isinstance(state, MeanTeacherState):
-      state = state.replace(teacher=baselines.initial_teacher(params, stats))
-    state = jax.device_put(state, parallel.replicated(mesh))
-  return state
-
-
-def with_encoder_from(state: TrainState, run_dir: str, mesh) -> TrainState:
-  """`state` with the encoder of a classification pre-training run (sec. 3.3)."""
-  saved = checkpointing.restore_arrays(os.path.join(run_dir, 'checkpoints'))
-  encoder = {'params': saved['params']['encoder'],
-             'batch_stats': saved['batch_stats']['encoder']}
-  expected = {'params': state.params['encoder'], 'batch_stats': state.batch_stats['encoder']}
-  shapes = lambda tree: jax.tree_util.tree_map_with_path(
-      lambda path, x: (jax.tree_util.keystr(path), x.shape), tree)
-  if jax.tree.leaves(shapes(encoder)) != jax.tree.leaves(shapes(expected)):
-    raise ValueError(f'{run_dir}: its encoder does not match config.model (pre-trained with '
-                     'another model config?)')
-  params = dict(state.params, encoder=encoder['params'])
-  stats = dict(state.batch_stats, encoder=encoder['batch_stats'])
-  state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
-  return jax.device_put(state, parallel.replicated(mesh))
-
-
-def supervised_loss(config, logits, labels, step, num_steps):
-  if config.loss.supervised == 'ab_ce':
-    threshold = schedules.ab_ce_threshold(
-        step, total_steps=num_steps, num_classes=config.model.num_classes,
-        cap=config.loss.ab_ce.cap, ramp_fraction=config.loss.ab_ce.ramp_fraction)
-    return losses.ab_cross_entropy(logits, labels, threshold)
-  if config.loss.supervised == 'ce':
-    return losses.cross_entropy(logits, labels)
-  raise ValueError(f"loss.supervised must be 'ce' or 'ab_ce', got {config.loss.supervised!r}")
-
-
-def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
-  """L_u averaged over all K auxiliary decoders (Eq. 2), plus the optional pairwise term.
-
-  Each perturbation type's mean is weighted by its count, so the result is the mean over
-  the K decoders without concatenating K full-resolution predictions.
-  """
-  threshold = (config.loss.confidence_threshold if config.loss.confidence_masking else None)
-  counts = {name: logits.shape[0] for name, logits in aux.items()}
-  loss_u = sum(counts[name] * losses.consistency_loss(logits, main_logits,
-                                                      config.loss.unsupervised, threshold)
-               for name, logits in aux.items()) / sum(counts.values())
-  pairwise = jnp.zeros(())
-  if config.loss.pairwise_weight > 0:
-    stacked = jnp.concatenate(list(aux.values()), axis=0)
-    pairwise = losses.pairwise_loss(stacked, key, config.loss.pairwise_decoders)
-  return loss_u, pairwise
-
-
-def weak_loss(aux: dict[str, jax.Array], pseudo_labels: jax.Array) -> jax.Array:
-  """L_w over all K auxiliary decoders (Eq. 6), each type's mean weighted by its count;
-  the logits are brought to the pseudo-labels' size first."""
-  counts = {name: logits.shape[0] for name, logits in aux.items()}
-  size = pseudo_labels.shape[1:3]
-  return sum(counts[name] * losses.weak_loss(cct.resize_logits(logits, size), pseudo_labels)
-             for name, logits in aux.items()) / sum(counts.values())
-
-
-def cct_term(config, model):
-  """CCT's unsupervised terms (baselines.py has the signature): the auxiliary decoders on
-  perturbed copies of z against the main decoder, the pairwise loss when weighted, and L_w
-  when the batch carries pseudo-labels."""
-  perturbation_fns = perturbations.build_perturbations(config.perturbations)
-
-  def term(params, batch_stats, teacher, batch, key):
-    del teacher
-    (main_u, aux), updates = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
-        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0), resize=False,
-        mutable=['batch_stats', 'losses'])
-    loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
-    terms = {'unsup': loss_u}
-    if config.loss.pairwise_weight > 0:
-      terms['pairwise'] = pairwise
-    if 'mask' in batch:  # pseudo-labels of a weak set (Eq. 5): auxiliary decoders only
-      terms['weak'] = weak_loss(aux, batch['mask'])
-    return terms, updates
-
-  return term
-
-
-def unsupervised_term(config, model):
-  """The unsupervised term of `train.mode`; None for the supervised baseline."""
-  terms = {'semi': cct_term, 'mean_teacher': baselines.mean_teacher_term,
-           'input_vat': baselines.input_vat_term}
-  return terms[config.train.mode](config, model) if uses_unlabelled(config) else None
-
-
-def term_weights(config, step, num_steps: int) -> dict:
-  """The weight of each unsupervised term at `step`: w_u(t) for the consistency loss
-  (Eq. 3), w_w(t) for L_w (the same ramp to `loss.weak_weight`), a constant for the
-  pairwise loss."""
-  ramp = lambda final: schedules.ramp_weight(
-      step, final_weight=final, total_steps=num_steps, ramp_fraction=config.loss.ramp_fraction,
-      kind=config.loss.ramp)
-  return {'unsup': ramp(config.loss.unsup_weight), 'weak': ramp(config.loss.weak_weight),
-          'pairwise': config.loss.pairwise_weight}
-
-
-def sown_losses(updates: list[dict]) -> dict[str, jax.Array]:
-  """Terms a model adds to its own objective with `self.sow('losses', name, value)` (the
-  multi-domain discriminator's), each averaged over the passes (`apply` updates) that
-  sowed it."""
-  sown = {}
-  for collections in updates:
-    for name, values in collections.get('losses', {}).items():
-      sown.setdefault(name, []).extend(values)
-  return {name: sum(values) / len(values) for name, values in sown.items()}
-
-
-def make_train_step(config, model, num_steps: int):
-  """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
-  unsup_term = unsupervised_term(config, model)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
-
-  def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
-    step = state.step
-    teacher = teacher_of(state)
-    key = jax.random.fold_in(base_key, step)
-
-    def loss_fn(params):
-      (main_l, _), updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, labelled['image'], train=True,
-          mutable=['batch_stats', 'losses'])
-      loss_s = supervised_loss(config, main_l, labelled['mask'], step, num_steps)
-      metrics = {'loss_sup': loss_s}
-      total = loss_s
-      batch_stats = updates['batch_stats']
-      passes = [updates]
-      if unsup_term is not None:
-        terms, updates = unsup_term(params, batch_stats, teacher, unlabelled, key)
-        batch_stats = updates['batch_stats']
-        passes.append(updates)
-        weights = term_weights(config, step, num_steps)
-        total = total + sum(weights[name] * value for name, value in terms.items())
-        metrics.update({f'loss_{name}': value for name, value in terms.items()})
-        metrics.update({f'{name}_weight': weights[name] for name in terms})
-      for name, value in sown_losses(passes).items():
-        total = total + value
-        metrics[f'loss_{name}'] = value
-      metrics['loss'] = total
-      return total, (batch_stats, metrics)
-
-    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if teacher is not None:  # the teacher follows the updated student
-      student = {'params': state.params, 'batch_stats': state.batch_stats}
-      state = state.replace(teacher=baselines.ema_update(
-          teacher, student, config.baselines.mean_teacher.decay))
-    lr = head_lr(step)
-    metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
-    return state, metrics
-
-  return step_fn
-
-
-def inference_variables(state: TrainState):
-  """The network that is evaluated: Mean Teacher's teacher (its EMA weights, which the
-  method is named after; the paper does not say which it scored), else the model."""
-  teacher = teacher_of(state)
-  if teacher is not None:
-    return teacher
-  return {'params': state.params, 'batch_stats': state.batch_stats}
-
-
-def make_predict_fn(config, model):
-  """jitted (state, images) -> class probabilities with the configured inference."""
-
-  def predict(state, images):
-    variables = inference_variables(state)
-    logits_fn = lambda x: model.apply(variables, x, train=False)[0]
-    return evaluate.predict_probs(logits_fn, images, config.eval)
-
-  return jax.jit(predict)
-
-
-def evaluate_split(config, state, predict_fn, dataset, mesh, num_samples: int = 0):
-  """Scores over one whole split: a confusion matrix summed on the devices (over every
-  process's share of the split), divided once.
-
-  Returns (scores, samples): samples holds the normalised image, mask and prediction of
-  this process's first `num_samples` examples, for pictures.
-  """
-  num_classes = config.model.num_classes
-  rep = parallel.replicated(mesh)
-  # The global confusion matrix, summed over every process's batches on the devices.
-  confusion = jax.jit(lambda: jnp.zeros((num_classes, num_classes), jnp.int32),
-                      out_shardings=rep)()
-  count = jax.jit(lambda total, predictions, mask, valid: total + evaluate.confusion_matrix(
-      predictions, mask, num_classes, valid=valid), out_shardings=rep)
-  samples = {'image': [], 'mask': [], 'prediction': []}
-  for batch in dataset:
-    # Blank rows (valid=False) fill the host batch up to a multiple of the local devices;
-    # image, mask and valid then become global arrays split over every process's devices.
-    host = parallel.pad_host_batch({k: batch[k] for k in ('image', 'mask', 'valid')},
-                                   jax.local_device_count())
-    inputs = parallel.global_batch(mesh, host)
-    predictions = jnp.argmax(predict_fn(state, inputs['image']), axis=-1)
-    confusion = count(confusion, predictions, inputs['mask'], inputs['valid'])
-    if len(samples['image']) < num_samples:  # this process's examples
-      valid = np.asarray(host['valid'], bool)
-      for name, value in (('image', host['image']), ('mask', host['mask']),
-                          ('prediction', parallel.process_local(predictions))):
-        samples[name].extend(np.asarray(value)[valid])
-  scores = evaluate.scores(jax.device_get(confusion), data_factory.class_names(config.data))
-  return scores, {k: np.stack(v[:num_samples]) for k, v in samples.items() if v}
-
-
-def save_prediction_panel(config, writer, split: str, step: int, samples) -> str:
-  """image | ground truth | prediction rows, to `workdir/predictions_<split>.png` and
-  TensorBoard."""
-  picture = visualize.panel(
-      visualize.denormalise(samples['image'], config.data.mean, config.data.std),
-      samples['mask'], samples['prediction'], voc.palette())
-  writer.write_images(step, f'{split}/predictions', picture[None])
-  return writer.write_png(f'predictions_{split}.png', picture)
 
 
 class StopRequest:
@@ -368,68 +74,436 @@ def check_finite(history: list[tuple[int, dict]], last_good: int | None, directo
                                f'{kept}')
 
 
-def open_checkpoints(train_cfg, workdir: str, state, sharding):
-  """A run's checkpoints: `checkpoints/` (the latest `train.max_checkpoints`, to resume
-  from) and `best/` (the best on val). Returns (state, latest, best, abstract_state,
-  last_good): the latest checkpoint's state when there is one (its step: last_good), else
-  `state` and None."""
-  latest = checkpointing.manager(os.path.join(workdir, 'checkpoints'),
-                                 train_cfg.max_checkpoints)
-  best = checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1)
-  abstract_state = checkpointing.abstract_with_sharding(state, sharding)
-  last_good = checkpointing.latest_step(latest)
-  if last_good is not None:
-    state = checkpointing.restore(latest, abstract_state)
-    logging.info('resumed from step %d in %s', last_good, latest.directory)
-  return state, latest, best, abstract_state, last_good
+def save_prediction_panel(data_cfg, writer, tag: str, step: int, samples) -> str | None:
+  """image | ground truth | prediction rows, to `workdir/predictions_<tag>.png` and
+  TensorBoard; nothing when there are no samples (`train.num_pictures=0`)."""
+  if not samples:
+    return None
+  picture = visualize.panel(
+      [visualize.denormalise(image, data_cfg.mean, data_cfg.std) for image in samples['image']],
+      samples['mask'], samples['prediction'], visualize.palette())
+  writer.write_images(step, f'{tag}/predictions', picture[None])
+  return writer.write_png(f'predictions_{tag}.png', picture)
 
 
-def training_loop(train_cfg, writer, state, num_steps: int, train_one, select, latest, best,
-                  last_good: int | None, images_per_step: float):
-  """The loop both trainers run (this one and multidomain.py's), from `state.step`.
+def average_scores(results: dict) -> dict:
+  """mIoU and pixel accuracy averaged over evaluation targets (domains; Tables 2-3)."""
+  return {key: float(np.mean([scores[key] for scores in results.values()]))
+          for key in ('miou', 'pixel_accuracy')}
 
-  `train_one(state, step) -> (state, metrics)` draws the batches and takes the step;
-  `select(state, step) -> mIoU` evaluates for model selection every `train_cfg.eval_every`
-  steps, the best checkpoint kept in `best`; metrics are fetched from the devices every
-  `log_every` steps (a non-finite one stops the run), the state saved in `latest` every
-  `checkpoint_every`. SIGTERM / SIGINT save and leave early. Returns (state, stopped).
-  """
-  best_step = best.latest_step()
-  best_miou = -1.0 if best_step is None else checkpointing.saved_metrics(best, best_step)['miou']
-  history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
 
-  def flush_metrics():
-    fetched = [(s, jax.device_get(m)) for s, m in history]
-    history.clear()
-    check_finite(fetched, last_good, latest.directory)
-    writer.write_scalars(fetched)
+def average_tag(results: dict) -> str:
+  return 'average/' + '+'.join(sorted({scores['split'] for scores in results.values()}))
 
-  writer.start(int(state.step), num_steps, images_per_step)
-  with StopRequest() as stop:
-    for step in range(int(state.step), num_steps):
-      state, metrics = train_one(state, step)
-      history.append((step + 1, metrics))
-      done, last = step + 1, step + 1 == num_steps
-      stopping = stop.agreed(sync=done % train_cfg.log_every == 0)
 
-      if done % train_cfg.log_every == 0 or last:
-        flush_metrics()
-      if done % train_cfg.eval_every == 0 or last:
-        flush_metrics()
-        miou = select(state, done)
-        if miou > best_miou:
-          best_miou = miou
-          checkpointing.save(best, done, state, metrics={'miou': best_miou})
-      if done % train_cfg.checkpoint_every == 0 or last or stopping:
-        flush_metrics()
-        checkpointing.save(latest, done, state)
-        last_good = done
-      if stopping:
-        logging.warning('%s received: saved step %d in %s; run again to resume.',
-                        stop.requested or 'a stop request (by another process)', done,
-                        latest.directory)
-        return state, True
-  return state, False
+class Trainer:
+  """The phases of a training run. Subclasses provide the hooks below `run`; this class's
+  own versions are the segmentation network's (this module's single-domain run and the
+  multi-domain one). `self.targets` maps an evaluation target (a domain; None for a
+  single-domain run) to its config view, whose `data` and `eval` it is scored with."""
+
+  subdir = ''  # where under the workdir the run writes (classification: 'classifier')
+
+  def __init__(self, config, workdir: str):
+    self.check_config(config)
+    self.config = config
+    self.workdir = os.path.join(workdir, self.subdir) if self.subdir else workdir
+    self.mesh = parallel.data_mesh()
+    self.writer = None
+    self._eval_sets = {}  # (target, split) -> its evaluation batches, built once
+    self.eval_steps = {}  # target -> its jitted evaluation step
+
+  # Hooks every variant provides.
+  def check_config(self, config) -> None:
+    raise NotImplementedError
+
+  def num_steps(self) -> int:
+    raise NotImplementedError
+
+  def create_state(self, num_steps: int) -> TrainState:
+    raise NotImplementedError
+
+  def start(self, num_steps: int, first_step: int) -> None:
+    """Opens the data streams at `first_step` and builds the jitted step."""
+    raise NotImplementedError
+
+  def train_one(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
+    """Draws this step's batches and takes the step."""
+    raise NotImplementedError
+
+  def images_per_step(self) -> float:
+    raise NotImplementedError
+
+  def stop(self) -> None:
+    """Closes the data streams."""
+    raise NotImplementedError
+
+  # Hooks with the segmentation network's defaults.
+  def loop_config(self) -> ml_collections.ConfigDict:
+    return self.config.train
+
+  def fresh_start(self, state: TrainState) -> TrainState:
+    """The state of a run with no checkpoint yet, before its first step."""
+    return state
+
+  @property
+  def targets(self) -> dict:
+    return {None: self.config}
+
+  def predict_fn(self, target):
+    """(state, images, sizes) -> class probabilities of `target`, its configured
+    inference."""
+    return self.predict_fns[target]
+
+  def select(self, state: TrainState, step: int) -> float:
+    """Scores every target on its first evaluation split; the average mIoU selects the
+    best checkpoint."""
+    results = self.evaluate_targets(state, step, role=0)
+    average = average_scores(results)
+    if len(results) > 1:
+      self.writer.write_eval(step, average_tag(results), average)
+    return average['miou']
+
+  def report(self, state: TrainState) -> dict:
+    """The best checkpoint scored on every target's reported split."""
+    results = self.evaluate_targets(state, int(state.step), role=-1)
+    (scores,) = results.values()
+    path = self.writer.write_json(f'results_{scores["split"]}.json', scores)
+    logging.info('%s scores of the best checkpoint (step %d), written to %s:\n%s',
+                 scores['split'], int(state.step), path, evaluate.format_table(scores))
+    return scores
+
+  # The skeleton.
+  def evaluate_targets(self, state: TrainState, step: int, role: int) -> dict:
+    """Every target scored on its evaluation split number `role` (0: model selection,
+    -1: reported), written to TensorBoard and metrics.jsonl with its pictures."""
+    results = {}
+    for target, view in self.targets.items():
+      split = data_factory.eval_splits(view.data)[role]
+      scores, samples = self.evaluate(target, state, split, self.config.train.num_pictures)
+      tag = split if target is None else f'{target}/{split}'
+      self.writer.write_eval(step, tag, scores)
+      save_prediction_panel(view.data, self.writer, tag.replace('/', '_'), step, samples)
+      results[target] = dict(scores, split=split, step=step)
+    return results
+
+  def evaluate(self, target, state, split: str, num_samples: int = 0):
+    """`target` scored on `split`: (scores, samples; see evaluate.evaluate_split)."""
+    view = self.targets[target]
+    if (target, split) not in self._eval_sets:
+      self._eval_sets[target, split] = data_factory.make_eval_dataset(
+          view.data, split, device_count=jax.device_count(),
+          process_index=jax.process_index(), process_count=jax.process_count())
+    if target not in self.eval_steps:
+      self.eval_steps[target] = evaluate.make_eval_step(
+          self.predict_fn(target), view.model.num_classes, self.mesh)
+    dataset = self._eval_sets[target, split]
+    what = f'{split} evaluation' if target is None else f'{target} {split} evaluation'
+    reporter = progress.Reporter(len(dataset), unit='batches', what=what)
+    return evaluate.evaluate_split(
+        self.eval_steps[target], state, dataset, self.mesh, view.model.num_classes,
+        data_factory.class_names(view.data), num_samples, reporter)
+
+  def run(self) -> dict:
+    """Trains from the workdir's latest checkpoint (or from the start), evaluating for
+    model selection every `eval_every` steps; returns the final report (or
+    {'stopped_at': step} after SIGTERM / SIGINT)."""
+    epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)  # a folder or gs://...
+    self.writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+    loop = self.loop_config()
+    num_steps = self.num_steps()
+    state = self.create_state(num_steps)
+
+    # Checkpoints: resume from the latest (written with a config that shapes the same
+    # state); the best by val mIoU lives apart.
+    rep = parallel.replicated(self.mesh)
+    latest = checkpointing.manager(os.path.join(self.workdir, 'checkpoints'),
+                                   loop.max_checkpoints)
+    best = checkpointing.manager(os.path.join(self.workdir, 'best'), max_to_keep=1)
+    abstract_state = checkpointing.abstract_with_sharding(state, rep)
+    last_good = checkpointing.latest_step(latest)
+    if last_good is not None:
+      config_drift.check_against_saved(self.config, self.workdir, purpose='resume')
+    self.writer.write_config(self.config)
+    if last_good is None:
+      state = self.fresh_start(state)
+    else:
+      state = checkpointing.restore(latest, abstract_state)
+      logging.info('resumed from step %d in %s', last_good, latest.directory)
+
+    # The data streams are random-access: the step alone says where they stand, so resuming
+    # needs no iterator state and works with any number of workers, processes or devices.
+    self.start(num_steps, int(state.step))
+    try:
+      state, stopped = self._loop(loop, state, num_steps, latest, best, last_good)
+    finally:
+      self.stop()
+    if stopped:
+      self.writer.close()
+      return {'stopped_at': int(state.step)}
+    if best.latest_step() is not None:  # model selection on val
+      state = checkpointing.restore(best, abstract_state)
+    results = self.report(state)
+    self.writer.close()
+    return results
+
+  def _loop(self, loop, state, num_steps: int, latest, best, last_good: int | None):
+    """From `state.step` to `num_steps`: metrics fetched from the devices every
+    `log_every` steps (a non-finite one stops the run), model selection every `eval_every`
+    (0: none), the state saved every `checkpoint_every`. Returns (state, stopped)."""
+    best_step = best.latest_step()
+    best_miou = (-1.0 if best_step is None
+                 else checkpointing.saved_metrics(best, best_step)['miou'])
+    history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
+
+    def flush_metrics():
+      fetched = [(s, jax.device_get(m)) for s, m in history]
+      history.clear()
+      check_finite(fetched, last_good, latest.directory)
+      self.writer.write_scalars(fetched)
+
+    self.writer.start(int(state.step), num_steps, self.images_per_step())
+    with StopRequest() as stop:
+      for step in range(int(state.step), num_steps):
+        state, metrics = self.train_one(state, step)
+        history.append((step + 1, metrics))
+        done, last = step + 1, step + 1 == num_steps
+        stopping = stop.agreed(sync=done % loop.stop_check_every == 0)
+
+        if done % loop.log_every == 0 or last:
+          flush_metrics()
+        if loop.eval_every and (done % loop.eval_every == 0 or last):
+          flush_metrics()
+          miou = self.select(state, done)
+          if miou > best_miou:
+            best_miou = miou
+            checkpointing.save(best, done, state, metrics={'miou': best_miou})
+        if done % loop.checkpoint_every == 0 or last or stopping:
+          flush_metrics()
+          checkpointing.save(latest, done, state)
+          last_good = done
+        if stopping:
+          logging.warning('%s received: saved step %d in %s; run again to resume.',
+                          stop.requested or 'a stop request (by another process)', done,
+                          latest.directory)
+          return state, True
+    return state, False
+
+  def restore(self, purpose: str = 'eval', step: int | None = None) -> TrainState:
+    """The best checkpoint in the workdir (else the latest; or `step`), for eval and
+    prediction (`purpose`), after checking that the config shapes the state it was saved
+    from."""
+    config_drift.check_against_saved(self.config, self.workdir, purpose=purpose)
+    # The optimiser's schedule is not run: any step count shapes the state.
+    template = self.create_state(max(self.config.train.num_steps, 1))
+    return state_lib.restore_best_or_latest(template, self.workdir, step)
+
+  def evaluate_checkpoint(self, target_names=None) -> dict:
+    """`--mode=eval`: every evaluation split of every target (or of those named) scored
+    with the configured inference; a table and eval_[<target>_]<split>.json each."""
+    state = self.restore()
+    self.writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+    all_results = {}
+    for target, view in self.targets.items():
+      if target_names is not None and target not in target_names:
+        continue
+      for split in data_factory.eval_splits(view.data):
+        scores, _ = self.evaluate(target, state, split)
+        scores.update(split=split, step=int(state.step), scales=list(view.eval.scales),
+                      flip=view.eval.flip)
+        name = split if target is None else f'{target}_{split}'
+        path = self.writer.write_json(f'eval_{name}.json', scores)
+        if self.writer.enabled:  # process 0
+          print(f'{name.replace("_", " ")} (step {int(state.step)}), written to {path}:\n'
+                f'{evaluate.format_table(scores)}')
+        all_results.setdefault(target, {})[split] = scores
+    self.writer.close()
+    return all_results
+
+
+def check_config(config) -> None:
+  """Mistakes in a single-domain config that would otherwise surface deep in a run."""
+  data_factory.check_data_config(config.data)
+  methods.check_config(config)
+  if config.model.num_classes != config.data.num_classes:
+    raise ValueError(f'model.num_classes={config.model.num_classes} but data.num_classes='
+                     f'{config.data.num_classes} ({config.data.name})')
+  perturbations.build_perturbations(config.perturbations)  # unknown types, VAT method
+  pretrained.check_pretrained_config(config.model)
+  if config.model.encoder_from and config.model.pretrained not in (pretrained.REQUIRED,
+                                                                   pretrained.FROM_SCRATCH):
+    raise ValueError('model.encoder_from and model.pretrained both set: start from one')
+
+
+def total_steps(config, num_unlabelled: int) -> int:
+  """`train.num_steps`, or `train.num_epochs` passes over the unlabelled set."""
+  if config.train.num_steps > 0:
+    return config.train.num_steps
+  steps_per_epoch = -(-num_unlabelled // config.data.batch_size_unlabelled)
+  return config.train.num_epochs * steps_per_epoch
+
+
+def supervised_loss(config, logits, labels, step, num_steps):
+  if config.loss.supervised == 'ab_ce':
+    threshold = schedules.ab_ce_threshold(
+        step, total_steps=num_steps, num_classes=config.model.num_classes,
+        cap=config.loss.ab_ce.cap, ramp_fraction=config.loss.ab_ce.ramp_fraction)
+    return losses.ab_cross_entropy(logits, labels, threshold)
+  if config.loss.supervised == 'ce':
+    return losses.cross_entropy(logits, labels)
+  raise ValueError(f"loss.supervised must be 'ce' or 'ab_ce', got {config.loss.supervised!r}")
+
+
+def term_weights(config, step, num_steps: int) -> dict:
+  """The weight of each unsupervised term at `step`: w_u(t) for the consistency loss
+  (Eq. 3), w_w(t) for L_w (the same ramp to `loss.weak_weight`), a constant for the
+  pairwise loss."""
+  ramp = lambda final: schedules.ramp_weight(
+      step, final_weight=final, total_steps=num_steps, ramp_fraction=config.loss.ramp_fraction,
+      kind=config.loss.ramp)
+  return {'unsup': ramp(config.loss.unsup_weight), 'weak': ramp(config.loss.weak_weight),
+          'pairwise': config.loss.pairwise_weight}
+
+
+def make_train_step(config, model, num_steps: int):
+  """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
+  method = methods.get(config)
+  unsup_term = method.make_term(config, model) if method.uses_unlabelled else None
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
+
+  def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
+    step = state.step
+    key = jax.random.fold_in(base_key, step)
+
+    def loss_fn(params):
+      (main_l, _), updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, labelled['image'], train=True,
+          mutable=['batch_stats', 'losses', cct_model.METRICS])
+      loss_s = supervised_loss(config, main_l, labelled['mask'], step, num_steps)
+      metrics = {'loss_sup': loss_s}
+      total = loss_s
+      batch_stats = updates['batch_stats']
+      passes = [updates]
+      if unsup_term is not None:
+        terms, updates = unsup_term(params, batch_stats, state.extra, unlabelled, key)
+        batch_stats = updates['batch_stats']
+        passes.append(updates)
+        weights = term_weights(config, step, num_steps)
+        total = total + sum(weights[name] * value for name, value in terms.items())
+        metrics.update({f'loss_{name}': value for name, value in terms.items()})
+        metrics.update({f'{name}_weight': weights[name] for name in terms})
+      for name, value in cct_model.sown(passes, 'losses').items():
+        total = total + value
+        metrics[f'loss_{name}'] = value
+      metrics.update(cct_model.sown(passes))  # diagnostics: the perturbations' sizes
+      metrics['loss'] = total
+      return total, (batch_stats, metrics)
+
+    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if method.update_extra is not None:
+      state = state.replace(extra=method.update_extra(config, state.extra,
+                                                      state_lib.variables(state)))
+    lr = head_lr(step)
+    metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
+    return state, metrics
+
+  return step_fn
+
+
+def make_predict_fn(config, model):
+  """(state, images, sizes) -> class probabilities with the configured inference, of the
+  variables the method evaluates (Mean Teacher: its teacher). `sizes` (B, 2): each image's
+  own size in a padded batch, or None."""
+  method = methods.get(config)
+
+  def predict(state, images, sizes=None):
+    variables = method.evaluated(state.extra, state_lib.variables(state))
+    logits_fn = lambda x, sizes: model.apply(variables, x, train=False, sizes=sizes)[0]
+    return evaluate.predict_probs(logits_fn, images, config.eval, sizes)
+
+  return predict
+
+
+def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
+  """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
+  method = methods.get(config)
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  state = state_lib.create(
+      model.apply, lambda k: models.init_variables(model, k, (1, 64, 64, 3)),
+      schedules.make_optimizer(config.optim, num_steps), key, mesh, method.init_extra)
+  return state_lib.with_pretrained_trunk(state, config.model, mesh, method.init_extra)
+
+
+def labelled_batch(mesh, host_batch: dict) -> dict:
+  return parallel.global_batch(mesh, {k: host_batch[k] for k in ('image', 'mask')})
+
+
+class SingleDomainTrainer(Trainer):
+  """CCT (or the configured method) on one dataset."""
+
+  def __init__(self, config, workdir: str):
+    super().__init__(config, workdir)
+    self.method = methods.get(config)
+    self.model = self.build_model()
+    self.predict_fns = {target: self.make_predict_fn(target) for target in self.targets}
+
+  def build_model(self):
+    return models.model_from_config(self.config.model, methods.aux_counts(self.config))
+
+  def make_predict_fn(self, target):
+    del target
+    return make_predict_fn(self.config, self.model)
+
+  def check_config(self, config) -> None:
+    check_config(config)
+
+  def num_steps(self) -> int:
+    num_unlabelled = len(data_factory.make_source(self.config.data, 'train_unlabelled'))
+    return total_steps(self.config, num_unlabelled)
+
+  def create_state(self, num_steps: int) -> TrainState:
+    return create_train_state(self.config, self.model, num_steps, self.mesh)
+
+  def fresh_start(self, state: TrainState) -> TrainState:
+    if self.config.model.encoder_from:
+      return state_lib.with_encoder_from(state, self.config.model.encoder_from, self.mesh,
+                                         self.method.init_extra)
+    return state
+
+  def jit_step(self, step_fn):
+    rep, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+    return jax.jit(step_fn, in_shardings=(rep, batch, batch if self.method.uses_unlabelled
+                                          else None),
+                   out_shardings=(rep, rep), donate_argnums=0)
+
+  def draw(self, streams, data_cfg) -> tuple[dict, dict | None]:
+    """The global (labelled, unlabelled) batches of one step from `streams`."""
+    labelled = labelled_batch(self.mesh, next(streams.labelled))
+    keys = self.method.unlabelled_keys(data_cfg)
+    if not keys:
+      return labelled, None
+    host = next(streams.unlabelled)
+    return labelled, parallel.global_batch(self.mesh, {k: host[k] for k in keys})
+
+  def start(self, num_steps: int, first_step: int) -> None:
+    logging.info('labelled images: %s', data_factory.split_rule(self.config.data))
+    self.streams = data_factory.make_train_streams(
+        self.config.data, device_count=jax.device_count(), process_index=jax.process_index(),
+        process_count=jax.process_count(), start_step=first_step)
+    self.step_fn = self.jit_step(make_train_step(self.config, self.model, num_steps))
+
+  def train_one(self, state, step):
+    return self.step_fn(state, *self.draw(self.streams, self.config.data))
+
+  def images_per_step(self) -> float:
+    data = self.config.data
+    return data.batch_size_labelled + self.method.uses_unlabelled * data.batch_size_unlabelled
+
+  def stop(self) -> None:
+    self.streams.close()
+
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -437,127 +511,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mIoU kept apart from the latest), then scores the best checkpoint on the dataset's
   reported split. Resumes from `workdir` when it holds a checkpoint. Returns the final
   results (or {'stopped_at': step} after SIGTERM / SIGINT)."""
-  check_config(config)
-  # Logging.
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a folder or gs://bucket/...
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.write_config(config)
-
-  # Mesh and input.
-  mesh = parallel.data_mesh()
-  num_unlabelled = len(data_factory.make_source(config.data, 'train_unlabelled'))
-  eval_splits = data_factory.eval_splits(config.data)
-  eval_sets = {split: data_factory.make_eval_dataset(
-      config.data, split, process_index=jax.process_index(),
-      process_count=jax.process_count()) for split in eval_splits}
-  num_steps = total_steps(config, num_unlabelled)
-
-  # Model, state and step.
-  model = models.model_from_config(config.model, aux_counts(config))
-  state = create_train_state(config, model, num_steps, mesh)
-  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  with_unlabelled = uses_unlabelled(config)
-  train_step = jax.jit(make_train_step(config, model, num_steps),
-                       in_shardings=(rep, batch, batch if with_unlabelled else None),
-                       out_shardings=(rep, rep), donate_argnums=0)
-  predict_fn = make_predict_fn(config, model)
-
-  # Checkpoints: resume from the latest; the best by val mIoU lives apart.
-  state, latest, best, abstract_state, last_good = open_checkpoints(config.train, workdir,
-                                                                    state, rep)
-  if last_good is None and config.model.encoder_from:
-    state = with_encoder_from(state, config.model.encoder_from, mesh)
-  # The data streams are random-access: the step alone says where they stand, so resuming
-  # needs no iterator state and works with any number of workers, processes or devices.
-  streams = data_factory.make_train_streams(
-      config.data, device_count=jax.device_count(), process_index=jax.process_index(),
-      process_count=jax.process_count(), start_step=int(state.step))
-
-  def train_one(state, step):
-    labelled = next(streams.labelled)
-    labelled = parallel.global_batch(mesh, {'image': labelled['image'],
-                                            'mask': labelled['mask']})
-    unlabelled = None
-    if with_unlabelled:
-      # With pseudo-labels (data.pseudo_labels) the unlabelled batch has masks too.
-      unlabelled = parallel.global_batch(mesh, {
-          k: v for k, v in next(streams.unlabelled).items() if k in ('image', 'mask')})
-    return train_step(state, labelled, unlabelled)
-
-  def select(state, step):
-    results, samples = evaluate_split(config, state, predict_fn, eval_sets[eval_splits[0]],
-                                      mesh, num_samples=config.train.num_pictures)
-    writer.write_eval(step, eval_splits[0], results)
-    save_prediction_panel(config, writer, eval_splits[0], step, samples)
-    return results['miou']
-
-  state, stopped = training_loop(
-      config.train, writer, state, num_steps, train_one, select, latest, best, last_good,
-      images_per_step=config.data.batch_size_labelled +
-      with_unlabelled * config.data.batch_size_unlabelled)
-  streams.close()
-  if stopped:
-    writer.close()
-    return {'stopped_at': int(state.step)}
-
-  # The best checkpoint (model selection on val) scored on the reported split.
-  report_split = eval_splits[-1]
-  if best.latest_step() is not None:
-    state = checkpointing.restore(best, abstract_state)
-  results, samples = evaluate_split(config, state, predict_fn, eval_sets[report_split], mesh,
-                                    num_samples=config.train.num_pictures)
-  results.update(split=report_split, step=int(state.step))
-  path = writer.write_json(f'results_{report_split}.json', results)
-  picture = save_prediction_panel(config, writer, report_split, int(state.step), samples)
-  logging.info('%s scores of the best checkpoint (step %d), written to %s (pictures: %s):\n%s',
-               report_split, int(state.step), path, picture, evaluate.format_table(results))
-  writer.close()
-  return results
-
-
-def restore_for_inference(config, workdir: str):
-  """(model, state) of the best checkpoint in `workdir` (else the latest), for eval and
-  prediction; no optimiser step is taken, so the data streams are not needed."""
-  model = models.model_from_config(config.model, aux_counts(config))
-  state = create_train_state(config, model, max(config.train.num_steps, 1),
-                             parallel.data_mesh())
-  return model, restore_best_or_latest(state, workdir)
-
-
-def restore_best_or_latest(state, workdir: str):
-  """The train state shaped like `state` in the best checkpoint in `workdir`, else the
-  latest."""
-  abstract_state = checkpointing.abstract_with_sharding(
-      state, parallel.replicated(parallel.data_mesh()))
-  for name in ('best', 'checkpoints'):
-    directory = os.path.join(workdir, name)
-    if epath.Path(directory).is_dir():
-      mngr = checkpointing.manager(directory)
-      if mngr.latest_step() is not None:
-        return checkpointing.restore(mngr, abstract_state)
-  raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints; '
-                          'train first (--mode=train)')
+  return SingleDomainTrainer(config, workdir).run()
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """`--mode=eval`: every evaluation split scored with the configured inference
-  (`config.eval`: scales, flip, sliding window); a table per split and eval_<split>.json."""
-  model, state = restore_for_inference(config, workdir)
-  mesh = parallel.data_mesh()
-  predict_fn = make_predict_fn(config, model)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  all_results = {}
-  for split in data_factory.eval_splits(config.data):
-    dataset = data_factory.make_eval_dataset(config.data, split,
-                                             process_index=jax.process_index(),
-                                             process_count=jax.process_count())
-    results, _ = evaluate_split(config, state, predict_fn, dataset, mesh)
-    results.update(split=split, step=int(state.step), scales=list(config.eval.scales),
-                   flip=config.eval.flip)
-    path = writer.write_json(f'eval_{split}.json', results)
-    if writer.enabled:  # process 0
-      print(f'{split} (step {int(state.step)}), written to {path}:\n'
-            f'{evaluate.format_table(results)}')
-    all_results[split] = results
-  writer.close()
-  return all_results
+  (`config.eval`: scales, flip, sliding window); a table per split and eval_<split>.json.
+  Returns {split: scores}."""
+  return SingleDomainTrainer(config, workdir).evaluate_checkpoint()[None]

@@ -16,13 +16,28 @@ def label_png(labels: np.ndarray, palette: list[int]) -> Image.Image:
   return image
 
 
-def panel(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray,
-          palette: list[int]) -> np.ndarray:
-  """Rows of image | ground truth | prediction, uint8 (for TensorBoard and README)."""
+def palette() -> list[int]:
+  """The PASCAL VOC colour map as a flat 768-entry palette: class c's colour spreads the
+  bits of c over the high bits of red, green and blue, in turn (255, ignore: off-white)."""
+  colours = []
+  for label in range(256):
+    rgb = [0, 0, 0]
+    for bit in range(8):
+      for channel in range(3):
+        rgb[channel] |= ((label >> (3 * bit + channel)) & 1) << (7 - bit)
+    colours += rgb
+  return colours
+
+
+def panel(images, truths, predictions, palette: list[int]) -> np.ndarray:
+  """Rows of image | ground truth | prediction, uint8 (for TensorBoard and README). The
+  examples may differ in size: each row is padded with black to the widest."""
   colours = np.asarray(palette, np.uint8).reshape(-1, 3)
   rows = [np.concatenate([image, colours[truth], colours[prediction]], axis=1)
           for image, truth, prediction in zip(images, truths, predictions)]
-  return np.concatenate(rows, axis=0)
+  width = max(row.shape[1] for row in rows)
+  return np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)))
+                         for row in rows], axis=0)
 
 
 def denormalise(images: np.ndarray, mean, std) -> np.ndarray:

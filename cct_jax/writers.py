@@ -1,4 +1,5 @@
-"""What a user sees of a run: console progress, `metrics.jsonl`, TensorBoard, the config.
+"""What a user sees of a run: console progress (progress.py), `metrics.jsonl`, TensorBoard,
+the config.
 
 Everything is written by process 0 only; other processes get a writer that does nothing.
 The workdir may be a local folder or a bucket (`gs://...`, through etils.epath; TensorBoard
@@ -7,12 +8,13 @@ there needs google-cloud-storage, `pip install cct-jax[gcs]`).
 
 import json
 import logging as std_logging
-import time
 
 import numpy as np
 from absl import logging
 from etils import epath
 from PIL import Image
+
+from cct_jax import progress
 
 
 class MetricWriter:
@@ -32,7 +34,8 @@ class MetricWriter:
         self._lines = jsonl.read_text().splitlines(keepends=True) if jsonl.exists() else []
       else:
         self._jsonl = open(jsonl, 'a')
-    self._clock = None
+    self._progress = None
+    self._waited = None  # input wait since the last progress update; None: not measured
 
   def write_config(self, config) -> None:
     if self.enabled:
@@ -47,13 +50,19 @@ class MetricWriter:
       self._jsonl.writelines(lines)
       self._jsonl.flush()
 
-  def start(self, step: int, num_steps: int, images_per_step: int) -> None:
-    self._clock = (time.perf_counter(), step)
-    self._num_steps = num_steps
-    self._images_per_step = images_per_step
+  def start(self, step: int, num_steps: int, images_per_step: float,
+            what: str = 'training') -> None:
+    """Training's progress line from `step` (a resumed run's first) to `num_steps`."""
+    self._progress = progress.Reporter(num_steps, unit='steps', what=what, done=step,
+                                       images_per_unit=images_per_step)
+
+  def add_input_wait(self, seconds: float) -> None:
+    """Time the training loop spent waiting for a batch: its share goes on the line."""
+    self._waited = (self._waited or 0.0) + seconds
 
   def write_scalars(self, history: list[tuple[int, dict]]) -> None:
-    """Per-step metrics to metrics.jsonl and TensorBoard, and one progress line."""
+    """Per-step metrics to metrics.jsonl and TensorBoard; the progress line, at most every
+    `progress.Reporter.every_s` seconds, and the closing one at the last step."""
     if not (self.enabled and history):
       return
     records = []
@@ -64,14 +73,11 @@ class MetricWriter:
         self._tensorboard.add_scalar(f'train/{name}', value, step)
     self._record(*records)
     step, metrics = history[-1]
-    start_time, start_step = self._clock
-    elapsed = time.perf_counter() - start_time
-    steps_per_s = (step - start_step) / max(elapsed, 1e-9)
-    eta = (self._num_steps - step) / max(steps_per_s, 1e-9)
     losses = ' '.join(f'{k}={float(v):.4f}' for k, v in metrics.items() if k.startswith('loss'))
-    logging.info('step %d/%d %s | %.1f img/s | ETA %s', step, self._num_steps, losses,
-                 steps_per_s * self._images_per_step, _duration(eta))
-    self._clock = (time.perf_counter(), step)
+    self._progress.update(step - self._progress.count, waited_s=self._waited, note=losses)
+    self._waited = None
+    if step >= self._progress.total:
+      self._progress.done(note=losses)
 
   def write_eval(self, step: int, split: str, results: dict) -> None:
     if not self.enabled:
@@ -80,6 +86,9 @@ class MetricWriter:
                   f'{split}/pixel_accuracy': results['pixel_accuracy']})
     self._tensorboard.add_scalar(f'{split}/miou', results['miou'], step)
     self._tensorboard.add_scalar(f'{split}/pixel_accuracy', results['pixel_accuracy'], step)
+    for name, iou in results.get('per_class_iou', {}).items():  # not of an average
+      if iou is not None:
+        self._tensorboard.add_scalar(f'{split}/iou/{name}', iou, step)
     logging.info('step %d: %s mIoU %.2f, pixel accuracy %.2f', step, split,
                  100 * results['miou'], 100 * results['pixel_accuracy'])
 
@@ -106,11 +115,6 @@ class MetricWriter:
       self._tensorboard.close()
       if self._jsonl is not None:
         self._jsonl.close()
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 def quiet_library_logs() -> None:

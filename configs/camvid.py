@@ -21,4 +21,4 @@ def get_config(arg: str = '100'):
   config.model.pretrained = pretrained.REQUIRED
   config.train.num_epochs = 50
   config.train.eval_every = 1000
-  return defaults.finish(config, arg)
+  return defaults.finish(config, defaults.parse_arg(arg, 'configs/camvid.py'))

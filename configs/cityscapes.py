@@ -25,4 +25,4 @@ def get_config(arg: str = '100'):
   config.data.batch_size_unlabelled = 8
   config.train.num_epochs = 50
   config.train.eval_every = 1000
-  return defaults.finish(config, arg)
+  return defaults.finish(config, defaults.parse_arg(arg, 'configs/cityscapes.py'))

@@ -29,7 +29,7 @@ def sun_config(arg: str):
   config.perturbations.object_mask.count = 0
   config.data.batch_size_labelled = 8
   config.data.batch_size_unlabelled = 8
-  return defaults.finish(config, arg)
+  return defaults.finish(config, defaults.parse_arg(arg, 'configs/cityscapes_sun.py'))
 
 
 def get_config(arg: str = '1500'):

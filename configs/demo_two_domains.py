@@ -37,15 +37,13 @@ DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo.py')
 
 
 def get_config(arg: str = ''):
-  if arg not in ('', 'smoke'):
-    raise ValueError(f'configs/demo_two_domains.py: unknown argument {arg!r}; give smoke '
-                     'or nothing')
+  smoke = defaults.parse_arg(arg, 'configs/demo_two_domains.py').smoke
   singles = {name: defaults.load_config_file(DEMO, ','.join(filter(None, (name, arg))))
              for name in DOMAINS}
   config = singles['tex5']
   # One model config for both domains: fashion5's decoders need configs/demo.py's wider blocks.
   config.model.decoder_width = singles['fashion5'].model.decoder_width
-  if arg != 'smoke':  # Smoke: two iterations per domain, evaluated and saved after 2 and 4.
+  if not smoke:  # Smoke: two iterations per domain, evaluated and saved after 2 and 4.
     config.train.update(num_steps=2 * config.train.num_steps,
                         eval_every=2 * config.train.eval_every,
                         checkpoint_every=2 * config.train.checkpoint_every)

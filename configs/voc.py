@@ -25,4 +25,4 @@ def get_config(arg: str = '1464'):
   config.train.num_epochs = 50
   config.train.eval_every = 2000
   config.train.checkpoint_every = 1000
-  return defaults.finish(config, arg)
+  return defaults.finish(config, defaults.parse_arg(arg, 'configs/voc.py'))

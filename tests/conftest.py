@@ -12,13 +12,34 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # XLA's CPU optimisation passes cost far more than they save on tiny test models (about
 # four times faster compiles); results stay float32-exact to the tolerances tested.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
-# One compilation cache for the session: in-process runs and subprocesses that build the
-# same programs compile them once.
+# One compilation cache for the session: in-process runs and subprocesses (the command
+# line reads CCT_COMPILATION_CACHE) that build the same programs compile them once.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='cct_jax_cache_'))
+os.environ.setdefault('CCT_COMPILATION_CACHE', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 import pytest  # pylint: disable=wrong-import-position
 
-from cct_jax import checkpointing, parallel  # pylint: disable=wrong-import-position
+import fakes  # pylint: disable=wrong-import-position
+from cct_jax import checkpointing, defaults, parallel  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def idx_dir(tmp_path_factory):
+  """Fashion-MNIST in its idx format, small, for the fashion5 scenes."""
+  path = tmp_path_factory.mktemp('fashion_idx')
+  fakes.write_fashion_idx(str(path), num_train=60, num_test=20)
+  return str(path)
+
+
+@pytest.fixture
+def two_domain_config(idx_dir):
+  """`configs/demo_two_domains.py:smoke` on the small Fashion-MNIST of `idx_dir`."""
+  config = defaults.load_config_file(os.path.join(REPO, 'configs', 'demo_two_domains.py'),
+                                     'smoke')
+  config.domains.fashion5.generated.idx_dir = idx_dir
+  return config
 
 
 @pytest.fixture

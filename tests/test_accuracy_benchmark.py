@@ -59,19 +59,19 @@ def test_plan_covers_every_budget_seed_and_ablation_arm():
   main = [r for r in runs if r.arm in ('supervised', 'cct')]
   assert len(main) == 2 * 3 * 3 * 2
   ablation = {r.arm for r in runs if r.arm not in ('supervised', 'cct')}
-  assert ablation == {f'only_{t}' for t in perturbations.ROSTER_ORDER} | {'cct_ab_ce'}
+  assert ablation == {f'only_{t}' for t in perturbations.PERTURBATIONS} | {'cct_ab_ce'}
   assert {r.labelled for r in runs if r.arm in ablation} == {25}
   assert len({r.name for r in runs}) == len(runs)  # one folder per run
 
 
 def test_arm_overrides_name_existing_config_fields():
   config = demo.get_config('fashion5')
-  arms = list(accuracy.VARIANTS) + [f'only_{t}' for t in perturbations.ROSTER_ORDER]
+  arms = list(accuracy.VARIANTS) + [f'only_{t}' for t in perturbations.PERTURBATIONS]
   for arm in arms:
     _assert_config_fields(config, accuracy.arm_overrides(arm))
   only_vat = accuracy.arm_overrides('only_vat')
-  assert '--config.perturbations.counts.vat=0' not in only_vat
-  assert len(only_vat) == len(perturbations.ROSTER_ORDER) - 1
+  assert '--config.perturbations.vat.count=0' not in only_vat
+  assert len(only_vat) == len(perturbations.PERTURBATIONS) - 1
   with pytest.raises(ValueError, match='unknown arm'):
     accuracy.arm_overrides('only_colour')
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from cct_jax import baselines, checkpointing, cluster_maps, defaults, models, parallel
+from cct_jax import baselines, checkpointing, cluster_maps, defaults, methods, models, parallel
 from cct_jax import perturbations, train
+from cct_jax.methods import input_vat, mean_teacher
 from cct_jax.models import cct
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ NUM_CLASSES = 5
 
 def _tiny_config(mode: str):
   config = defaults.base_config()
-  config.model = defaults.tiny_model_config(NUM_CLASSES)
+  config.model = models.tiny_model_config(NUM_CLASSES)
   config.data.num_classes = NUM_CLASSES
   config.train.mode = mode
   config.loss.ramp_fraction = 0.0  # the full unsupervised weight from the first step
@@ -44,10 +45,9 @@ def test_mean_teacher_is_the_ema_of_the_student_after_every_step():
   config = _tiny_config('mean_teacher')
   config.baselines.mean_teacher.decay = 0.8  # large steps, so a wrong formula shows
   num_steps = 3
-  model = models.model_from_config(config.model, train.aux_counts(config))
+  model = models.model_from_config(config.model, methods.aux_counts(config))
   state = train.create_train_state(config, model, num_steps, parallel.data_mesh())
-  assert isinstance(state, train.MeanTeacherState)
-  expected = _leaves(state.teacher)
+  expected = _leaves(state.extra['teacher'])
   assert all(np.array_equal(t, s) for t, s in zip(
       expected, _leaves({'params': state.params, 'batch_stats': state.batch_stats})))
 
@@ -59,10 +59,10 @@ def test_mean_teacher_is_the_ema_of_the_student_after_every_step():
     assert metrics['loss_unsup'] > 0
     student = _leaves({'params': state.params, 'batch_stats': state.batch_stats})
     expected = [0.8 * t + 0.2 * s for t, s in zip(expected, student)]
-  for actual, wanted in zip(_leaves(state.teacher), expected):
+  for actual, wanted in zip(_leaves(state.extra['teacher']), expected):
     np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-7)
   # The teacher lags: after three steps it is not the student.
-  assert any(not np.allclose(t, s) for t, s in zip(_leaves(state.teacher), student))
+  assert any(not np.allclose(t, s) for t, s in zip(_leaves(state.extra['teacher']), student))
 
 
 def test_mean_teacher_term_trains_the_student_and_gives_the_teacher_no_gradient():
@@ -70,10 +70,10 @@ def test_mean_teacher_term_trains_the_student_and_gives_the_teacher_no_gradient(
   model = models.model_from_config(config.model)
   student = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
   teacher = models.init_variables(model, jax.random.key(1), (1, 32, 32, 3))
-  term = baselines.mean_teacher_term(config, model)
+  term = mean_teacher.make_term(config, model)
 
   def loss(params, teacher):
-    terms, _ = term(params, student['batch_stats'], teacher, {'image': _images(3)},
+    terms, _ = term(params, student['batch_stats'], {'teacher': teacher}, {'image': _images(3)},
                     jax.random.key(4))
     return terms['unsup']
 
@@ -90,7 +90,7 @@ def test_mean_teacher_term_trains_the_student_and_gives_the_teacher_no_gradient(
 
 
 def test_input_vat_direction_has_norm_eps_and_raises_the_kl_more_than_random_ones():
-  model = models.model_from_config(defaults.tiny_model_config(NUM_CLASSES))
+  model = models.model_from_config(models.tiny_model_config(NUM_CLASSES))
   variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
   logits_fn = lambda x: model.apply(variables, x, train=False)[0]
   images, eps = _images(5, (3, 32, 32, 3)), 1.0
@@ -130,13 +130,13 @@ def test_input_vat_takes_the_exact_direction_and_sows_its_size():
   assert config.baselines.input_vat.method == 'hvp'
   model = _SmallSegmenter()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-  term = baselines.input_vat_term(config, model)
+  term = input_vat.make_term(config, model)
   terms, updates = jax.jit(lambda v, images, key: term(
-      v['params'], v['batch_stats'], None, {'image': images}, key))(
+      v['params'], v['batch_stats'], {}, {'image': images}, key))(
           variables, _images(7, (2, 8, 8, 3)), jax.random.key(8))
   assert terms['unsup'] > 0
   # The mean ||r_adv|| of the batch, for the log: eps unless a direction vanished.
-  assert cct.sown_metrics([updates]) == pytest.approx(
+  assert cct.sown([updates]) == pytest.approx(
       {'perturbation_norm_input_vat': config.baselines.input_vat.eps}, rel=1e-5)
 
 
@@ -215,13 +215,13 @@ def test_mean_teacher_and_input_vat_train_from_the_command_line(tmp_path):
   # The Mean Teacher checkpoint holds the teacher, and it differs from the student.
   config = _demo_smoke_config()
   config.train.mode = 'mean_teacher'
-  model = models.model_from_config(config.model, train.aux_counts(config))
+  model = models.model_from_config(config.model, methods.aux_counts(config))
   mesh = parallel.data_mesh()
   shapes = jax.eval_shape(lambda: train.create_train_state(config, model, 4, mesh))
   abstract = checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
   state = checkpointing.restore(
       checkpointing.manager(str(tmp_path / 'mean_teacher' / 'checkpoints')), abstract)
   assert int(state.step) == 4
-  teacher, student = _leaves(state.teacher['params']), _leaves(state.params)
+  teacher, student = _leaves(state.extra['teacher']['params']), _leaves(state.params)
   assert all(np.all(np.isfinite(t)) for t in teacher)
   assert any(not np.allclose(t, s) for t, s in zip(teacher, student))

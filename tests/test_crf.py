@@ -166,3 +166,29 @@ def test_dense_crf_rejects_bad_inputs():
   config.bilateral.srgb = 0
   with pytest.raises(ValueError, match='bilateral.srgb'):
     crf.dense_crf(np.zeros((8, 8, 3), np.uint8), unary, config)
+
+
+def test_crfs_of_one_image_run_together_as_they_would_alone():
+  image = _photo('coffee', size=(48, 64))
+  config = crf.default_crf_config()
+  unaries = np.stack([crf.unary_from_labels(_blocky_labels(image, seed=seed), NUM_CLASSES,
+                                            config.gt_prob) for seed in (0, 1)])
+  together = np.asarray(crf.dense_crf(image, unaries, config))
+  for unary, marginals in zip(unaries, together):
+    np.testing.assert_allclose(marginals, crf.dense_crf(image, unary, config), atol=1e-6)
+
+
+def test_refine_among_runs_the_crf_over_the_given_classes_alone():
+  image = _photo('astronaut', size=(48, 64))
+  config = crf.default_crf_config()
+  local = np.where(_blocky_labels(image, unsure_fraction=0) % 2 == 0, 0, 1)
+  classes = np.array([15, 0])  # an image's present class and background, in IRN's order
+  maps = np.stack([classes[local], classes[1 - local]])
+  refined = crf.refine_among(image, maps, classes, config)
+  for label_map, got in zip([local, 1 - local], refined):
+    alone = np.asarray(crf.refine_labels(image, label_map, 2, config))
+    np.testing.assert_array_equal(got, classes[alone])
+  assert refined.dtype == np.int32 and set(np.unique(refined)) <= {0, 15}
+  np.testing.assert_array_equal(crf.refine_among(image, maps[:1] * 0, [0], config), 0)
+  with pytest.raises(ValueError, match=r'labels \[15\] are not among the classes \[0, 3\]'):
+    crf.refine_among(image, maps, [0, 3], config)

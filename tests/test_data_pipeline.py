@@ -6,6 +6,8 @@ from absl import flags
 import numpy as np
 import pytest
 
+import fakes
+
 from cct_jax import data
 from cct_jax.data import pipeline, transforms
 
@@ -60,15 +62,11 @@ def test_rescale_range_and_padding():
   np.testing.assert_allclose(out['image'][20:], 0.0, atol=0.01)  # The mean colour.
 
 
-def test_eval_transform_pads_or_refuses():
+def test_eval_transform_keeps_or_resizes_the_whole_image():
   example = _striped_example(30, 40)
   out = transforms.eval_transform(example)
   assert out['image'].shape == (30, 40, 3)
   np.testing.assert_array_equal(out['mask'], example['mask'])
-  padded = transforms.eval_transform(example, pad_size=(32, 48))
-  assert padded['mask'].shape == (32, 48) and (padded['mask'][30:] == 255).all()
-  with pytest.raises(ValueError, match='image 30x40 is larger than the eval padding'):
-    transforms.eval_transform(example, pad_size=(16, 48))
   resized = transforms.eval_transform(example, size=(15, 20))
   assert resized['image'].shape == (15, 20, 3) and resized['mask'].shape == (15, 20)
 
@@ -146,15 +144,18 @@ def test_batch_must_divide_over_devices():
 
 
 def test_eval_batches_cover_every_example_once():
-  cfg = _tex5(eval_batch_size=3, eval_pad_to=(64, 64))
+  cfg = _tex5(eval_batch_size=3)
   n = len(data.make_source(cfg, 'val'))  # 7: two full batches and one of 1 + 2 blanks.
   batches = list(data.make_eval_dataset(cfg, 'val'))
   assert [b['valid'].tolist() for b in batches] == [[True] * 3] * 2 + [[True, False, False]]
   assert (batches[-1]['mask'][1:] == data.IGNORE_INDEX).all()
+  assert all((b['size'][b['valid']] == 64).all() for b in batches)
 
-  per_process = [list(data.make_eval_dataset(cfg, 'val', process_index=p, process_count=2))
-                 for p in range(2)]
-  assert len(per_process[0]) == len(per_process[1]) == 2  # Same step count everywhere.
+  # Two processes of 2 devices: global batches of 3 x 4, each process loading half.
+  per_process = [list(data.make_eval_dataset(cfg, 'val', device_count=4, process_index=p,
+                                             process_count=2)) for p in range(2)]
+  assert len(per_process[0]) == len(per_process[1]) == 1  # Same step count everywhere.
+  assert per_process[0][0]['image'].shape == (6, 64, 64, 3)
   valid = [img for ds in per_process for b in ds for img, v in zip(b['image'], b['valid'])
            if v]
   single = [img for b in batches for img, v in zip(b['image'], b['valid']) if v]
@@ -162,11 +163,24 @@ def test_eval_batches_cover_every_example_once():
   assert sorted(i.tobytes() for i in valid) == sorted(i.tobytes() for i in single)
 
 
-def test_whole_images_need_padding_to_be_batched():
-  with pytest.raises(ValueError, match='set data.eval_pad_to'):
-    data.make_eval_dataset(_tex5(eval_batch_size=2), 'val')
-  whole = list(data.make_eval_dataset(_tex5(), 'test'))
-  assert len(whole) == 5 and whole[0]['image'].shape == (1, 64, 64, 3)
+def test_images_of_many_sizes_fill_every_batch_but_the_last_in_a_few_canvases(tmp_path):
+  root = fakes.write_voc_folder(str(tmp_path), num_train=2, num_val=21)
+  cfg = data.default_data_config('voc')
+  cfg.update(root=root, eval_batch_size=2, eval_bucket=32)
+  batches = list(data.make_eval_dataset(cfg, 'val', device_count=2))
+  assert [int(b['valid'].sum()) for b in batches] == [4] * 5 + [1]
+  canvases = [b['image'].shape[1:3] for b in batches]
+  assert canvases == sorted(canvases) and len(set(canvases)) <= 3
+  assert all(side in (64, 96, 120) for canvas in canvases for side in canvas)
+  for batch in batches:
+    for row in np.flatnonzero(batch['valid']):
+      h, w = batch['size'][row]
+      assert max(h, w) <= batch['image'].shape[1]
+      assert (batch['mask'][row, h:] == data.IGNORE_INDEX).all()
+      assert (batch['mask'][row, :, w:] == data.IGNORE_INDEX).all()
+      assert (batch['image'][row, h:] == 0).all()
+  sizes = sorted(tuple(b['size'][r]) for b in batches for r in np.flatnonzero(b['valid']))
+  assert sizes == sorted(fakes.distinct_sizes(23)[2:])
 
 
 def test_worker_and_thread_counts_follow_the_host_unless_set():

@@ -1,11 +1,18 @@
-"""Evaluation (SPEC 4, App. F): the confusion-matrix scores and the inference variants."""
+"""Evaluation (paper App. F): the confusion-matrix scores, the inference variants, and
+whole images of many sizes in a few compiled programs."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cct_jax import evaluate
+import fakes
+from cct_jax import defaults, evaluate, train
+from cct_jax.data import factory
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_confusion_matrix_skips_ignored_pixels_and_invalid_examples():
@@ -23,24 +30,27 @@ def test_scores_are_iou_per_class_and_their_mean_over_occurring_classes():
   assert np.isclose(results['pixel_accuracy'], 5 / 6)
 
 
-def pointwise_logits(images):
+def pointwise_logits(images, sizes=None):
   """A per-pixel classifier: any window, scale or flip of it predicts the same pixels."""
+  del sizes
   return jnp.stack([images[..., 0], -images[..., 0], images[..., 1]], axis=-1)
 
 
 def test_whole_image_is_padded_to_a_multiple_of_eight_and_cropped_back():
   seen = []
   images = jax.random.normal(jax.random.key(0), (2, 21, 30, 3))
-  probs = evaluate.whole_image_probs(lambda x: seen.append(x.shape) or pointwise_logits(x),
-                                     images)
+  probs = evaluate.whole_image_probs(
+      lambda x, sizes: seen.append(x.shape) or pointwise_logits(x), images,
+      evaluate.full_sizes(images))
   assert seen == [(2, 24, 32, 3)]
   np.testing.assert_allclose(probs, jax.nn.softmax(pointwise_logits(images)), rtol=1e-6)
 
 
 def test_sliding_window_covers_every_pixel_and_agrees_with_the_whole_image():
   images = jax.random.normal(jax.random.key(1), (1, 50, 37, 3))
-  windows = evaluate.sliding_window_probs(pointwise_logits, images, crop=16)
-  np.testing.assert_allclose(windows, evaluate.whole_image_probs(pointwise_logits, images),
+  sizes = evaluate.full_sizes(images)
+  windows = evaluate.sliding_window_probs(pointwise_logits, images, sizes, crop=16)
+  np.testing.assert_allclose(windows, evaluate.whole_image_probs(pointwise_logits, images, sizes),
                              rtol=1e-5, atol=1e-6)
 
 
@@ -50,15 +60,70 @@ def test_multi_scale_and_flip_average_back_at_the_input_size():
                                        window=0))
   probs = evaluate.predict_probs(pointwise_logits, images, cfg)
   assert probs.shape == (1, 24, 40, 3)
-  np.testing.assert_allclose(probs, evaluate.whole_image_probs(pointwise_logits, images),
+  sizes = evaluate.full_sizes(images)
+  np.testing.assert_allclose(probs, evaluate.whole_image_probs(pointwise_logits, images, sizes),
                              rtol=1e-5)
   # A classifier that favours class 0 on the left: flip averaging makes it symmetric.
-  def left_biased(x):
+  def left_biased(x, sizes):
+    del sizes
     column = jnp.broadcast_to(jnp.linspace(1.0, -1.0, x.shape[2]), x.shape[:3])
     return jnp.stack([column + x[..., 0], -column, jnp.zeros_like(column)], axis=-1)
 
-  plain = evaluate.multi_scale_probs(left_biased, images, scales=(1.0,), flip=False)
-  averaged = evaluate.multi_scale_probs(left_biased, images, scales=(1.0,), flip=True)
+  plain = evaluate.multi_scale_probs(left_biased, images, sizes, scales=(1.0,), flip=False)
+  averaged = evaluate.multi_scale_probs(left_biased, images, sizes, scales=(1.0,), flip=True)
   assert not np.allclose(plain, plain[:, :, ::-1], atol=1e-3)
   np.testing.assert_allclose(averaged, averaged[:, :, ::-1], rtol=1e-5)
   np.testing.assert_allclose(averaged, (plain + plain[:, :, ::-1]) / 2, rtol=1e-5)
+
+
+def test_flip_inside_mirrors_each_image_and_leaves_its_padding():
+  x = jnp.arange(2 * 5, dtype=jnp.float32).reshape(2, 1, 5)
+  flipped = evaluate.flip_inside(x, jnp.array([3, 5]))
+  np.testing.assert_array_equal(flipped, [[[2, 1, 0, 3, 4]], [[9, 8, 7, 6, 5]]])
+
+
+def _voc_smoke(root: str, **data):
+  config = defaults.load_config_file(os.path.join(REPO, 'configs', 'voc.py'), 'smoke')
+  config.data.update(root=root, **data)
+  return config
+
+
+def _with_biases(state, value: float):
+  """Every bias and BN offset set to `value`: activations over zero padding are then no
+  longer zero, so padding that leaked into an image's prediction would show."""
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.full_like(x, value) if jax.tree_util.keystr(path).endswith(
+          ("'bias']",)) else x, state.params)
+  return state.replace(params=params)
+
+
+def test_many_image_sizes_compile_a_few_programs_and_score_as_one_image_at_a_time(tmp_path):
+  """21 val images of 21 sizes in three groups (up to 48 x 64, 96 x 88, 120 x 112): canvases
+  of 64, 96 and 120 at bucket 32, so 3 evaluation programs. Every image is predicted as
+  alone (padded to a multiple of 8, as `whole_image_probs` does; three programs here too),
+  so the confusion matrices agree pixel for pixel."""
+  groups = [((41, 57), (48, 64)), ((89, 81), (96, 88)), ((113, 105), (120, 112))]
+  sizes = [(low[0] + k, low[1] + (k * 3) % 7) for low, high in groups for k in range(7)]
+  assert len(set(sizes)) == 21
+  root = fakes.write_voc_folder(str(tmp_path), num_train=3, num_val=21,
+                                sizes=sizes[-3:] + sizes)
+  config = _voc_smoke(root, eval_bucket=32)
+  trainer = train.SingleDomainTrainer(config, str(tmp_path / 'run'))
+  state = _with_biases(trainer.create_state(4), 0.05)
+  scores, samples = trainer.evaluate(None, state, 'val', num_samples=30)
+  assert trainer.eval_steps[None]._cache_size() == 3
+  assert sorted(s.shape[:2] for s in samples['image']) == sorted(sizes)  # each once, cropped
+
+  source = factory.make_source(config.data, 'val')
+  transform = factory.eval_transform(config.data)
+  predict = jax.jit(trainer.predict_fn(None))
+  confusion = np.zeros((21, 21), np.int64)
+  for index in range(len(source)):
+    example = transform(source[index])
+    h, w = example['mask'].shape
+    image = np.pad(example['image'], ((0, -h % 8), (0, -w % 8), (0, 0)))
+    labels = np.asarray(predict(state, image[None])[0, :h, :w].argmax(-1))
+    keep = example['mask'] != evaluate.IGNORE_INDEX
+    np.add.at(confusion, (example['mask'][keep], labels[keep]), 1)
+  assert confusion.sum() > 20 * 40 * 40
+  np.testing.assert_array_equal(scores['confusion_matrix'], confusion)

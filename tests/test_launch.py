@@ -206,7 +206,7 @@ def test_tpu_pod_attaches_to_a_run_that_trains_already(fake_tools):
 
 def test_tpu_pod_detached_training_survives_its_shell_and_starts_once(fake_tools, tmp_path):
   """The start line run on a stand-in worker: a home with the checkout and a Python that
-  trains for a moment."""
+  trains until the test lets it finish (a file appears), however loaded the machine."""
   env, log = fake_tools
   start = _start_line(_printed(_run(TPU, '--dry-run', '--bucket=gs://b', '--run=voc', '--',
                                     '--config.optim.lr=0.02', env=env).stdout))
@@ -214,7 +214,8 @@ def test_tpu_pod_detached_training_survives_its_shell_and_starts_once(fake_tools
   (home / 'cct-jax').mkdir(parents=True)
   python = home / 'cct-venv' / 'bin' / 'python'
   python.parent.mkdir(parents=True)
-  python.write_text('#!/usr/bin/env bash\necho "training with $*"\nsleep 1\necho finished\n')
+  python.write_text('#!/usr/bin/env bash\necho "training with $*"\n'
+                    'until [ -e "$HOME/finish" ]; do sleep 0.05; done\necho finished\n')
   python.chmod(0o755)
   worker = dict(env, HOME=str(home))
   console = home / 'cct-runs' / 'voc' / 'console.log'
@@ -232,6 +233,7 @@ def test_tpu_pod_detached_training_survives_its_shell_and_starts_once(fake_tools
 
   assert start_on_worker() == ''
   assert 'voc trains already' in start_on_worker()  # while it trains: nothing new
+  (home / 'finish').touch()
   wait_for_the_log_copy(1)
   assert console.read_text() == ('training with -m cct_jax.main --multihost '
                                  '--config=configs/voc.py --workdir=gs://b/runs/voc '

@@ -51,14 +51,14 @@ def test_output_stride(output_stride, size):
 
 
 def test_adaptive_pool_uses_pytorch_bin_edges_on_41():
-  weights = psp.adaptive_pool_matrix(41, 6)
+  weights = np.asarray(psp.adaptive_pool_weights(jnp.array([41]), 41, 6)[0])
   edges = [(np.flatnonzero(row)[0], np.flatnonzero(row)[-1] + 1) for row in weights]
   # floor(i * 41 / 6), ceil((i + 1) * 41 / 6): neighbouring bins overlap by one row.
   assert edges == [(0, 7), (6, 14), (13, 21), (20, 28), (27, 35), (34, 41)]
   np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
 
   x = np.random.default_rng(0).normal(size=(2, 41, 41, 3)).astype(np.float32)
-  pooled = np.asarray(psp.adaptive_avg_pool(jnp.asarray(x), 3))
+  pooled = np.asarray(psp.adaptive_avg_pool(jnp.asarray(x), 3, jnp.array([[41, 41]] * 2)))
   for i in range(3):
     for j in range(3):
       rows = slice(i * 41 // 3, -(-(i + 1) * 41 // 3))
@@ -131,7 +131,7 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
     sizes += list(np.linalg.norm(np.asarray(z_tilde - z).reshape(2, -1), axis=1))
   # The size of the perturbations, sown for the log: the mean over decoders and samples.
   assert 'metrics' not in variables
-  sown = cct.sown_metrics([updates])
+  sown = cct.sown([updates])
   assert sown.keys() == {'perturbation_norm_feature_noise'}
   np.testing.assert_allclose(sown['perturbation_norm_feature_noise'], np.mean(sizes), rtol=1e-5)
   assert not np.allclose(aux['feature_noise'][0], aux['feature_noise'][1])

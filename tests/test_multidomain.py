@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fakes
-from cct_jax import checkpointing, defaults, losses, multidomain, parallel, train
-from cct_jax.models import cct, multidomain as multidomain_model
+from cct_jax import checkpointing, defaults, losses, multidomain, parallel, perturbations, train
+from cct_jax.models import cct, multidomain as multidomain_model, pretrained
 from cct_jax.models.discriminator import Discriminator, gradient_reversal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +89,9 @@ def _unit_config():
   """tex5 (5 classes) + fashion11 (11), the demo's tiny model, two perturbation types,
   the discriminator on; no data is read."""
   config = defaults.load_config_file(os.path.join(CONFIGS, 'demo.py'), 'tex5,smoke')
-  config.perturbations.counts = dict(dropout=1, feature_noise=1)
+  perturbations.set_counts(config.perturbations, {
+      name: int(name in ('dropout', 'feature_noise'))
+      for name in perturbations.decoder_counts(config.perturbations)})
   config.loss.ramp_fraction = 0.0
   config = defaults.multi_domain(config, {'tex5': defaults.data_config('tex5'),
                                           'fashion11': defaults.data_config('fashion11')})
@@ -179,6 +180,10 @@ def test_paper_configs_assemble_and_pass_the_checks():
                              ('cityscapes_camvid.py', 'smoke', {'camvid': 11, 'cityscapes': 19}),
                              ('cityscapes_sun.py', '1500', {'cityscapes': 19, 'sun': 13})):
     config = defaults.load_config_file(os.path.join(CONFIGS, path), arg)
+    if arg != 'smoke':  # the paper's configs stop until the ImageNet weights are named
+      with pytest.raises(pretrained.PretrainedWeightsError, match='model.pretrained is not set'):
+        multidomain.check_config(config)
+      config.model.pretrained = pretrained.FROM_SCRATCH
     multidomain.check_config(config)
     assert {name: d.num_classes for name, d in config.domains.items()} == domains
     assert 'data' not in config and 'num_classes' not in config.model
@@ -193,19 +198,6 @@ def test_paper_configs_assemble_and_pass_the_checks():
 
 # --------------------------------------------------------------------------------------
 # The two-domain demo, from the command line and interrupted in process.
-
-
-@pytest.fixture(scope='module')
-def idx_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('fashion_idx')
-  fakes.write_fashion_idx(str(path), num_train=60, num_test=20)
-  return str(path)
-
-
-def _two_domain_config(idx_dir):
-  config = defaults.load_config_file(os.path.join(CONFIGS, 'demo_two_domains.py'), 'smoke')
-  config.domains.fashion5.generated.idx_dir = idx_dir
-  return config
 
 
 def _cli(*args, workdir, check=True):
@@ -279,8 +271,8 @@ def test_two_domain_demo_smoke_trains_evaluates_and_predicts(smoke_run, idx_dir,
 
 
 def test_interrupted_two_domain_run_resumes_to_the_uninterrupted_result(
-    smoke_run, idx_dir, tmp_path, sigterm_after_first_checkpoint):
-  config = _two_domain_config(idx_dir)  # what the command line ran
+    smoke_run, two_domain_config, tmp_path, sigterm_after_first_checkpoint):
+  config = two_domain_config  # what the command line ran
   workdir = str(tmp_path / 'run')
 
   # SIGTERM while iteration 3 (fashion5's second) runs, after the step-2 checkpoint.

@@ -1,15 +1,15 @@
-"""Scale-out (issue 8): two processes, joined by jax.distributed with gloo collectives,
-train and evaluate as one process with the same four devices; a checkpoint written on four
-devices resumes on one.
+"""Scale-out: two processes, joined by jax.distributed with gloo collectives, train,
+evaluate and predict as one process with the same four devices; a checkpoint written on
+four devices resumes on one.
 
-The runs are the demo smoke model from the command line (through tests/multihost_worker.py,
-which then also scores the test split with a fixed stand-in predictor), shortened to two
-steps, logged and saved after each, and one perturbation type (DropOut: channels dropped
-per example, so a global batch assembled in another order would give another step); they
-run side by side.
+The runs are `configs/voc.py:smoke` from the command line on a VOC-layout folder whose
+images all differ in size (through tests/multihost_worker.py, which then also scores the
+val split with a fixed stand-in predictor and predicts a folder), shortened to two steps,
+logged and saved after each, with DropOut and the two masks (DropOut: channels dropped per
+example, so a global batch assembled in another order would give another step); they run
+side by side.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,26 +20,30 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from cct_jax import checkpointing, evaluate, models, parallel, train
+import fakes
+from cct_jax import (checkpointing, defaults, evaluate, methods, models, parallel,
+                     perturbations, train)
 from cct_jax.data import factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'multihost_worker.py')
 OFF = ('vat', 'cutout', 'feature_drop', 'feature_noise')  # perturbations not trained here
-CONFIG = ('--config=configs/demo.py:smoke', '--config.train.log_every=1',
+NUM_TRAIN = 6  # train.txt's images: the labelled set (the rule for VOC's 1464)
+
+
+def _config_args(voc_root):
+  return ('--config=configs/voc.py:smoke', f'--config.data.root={voc_root}',
+          f'--config.data.num_labelled={NUM_TRAIN}', '--config.train.log_every=1',
           '--config.train.checkpoint_every=1',
-          *(f'--config.perturbations.counts.{name}=0' for name in OFF))
-SHORT = (*CONFIG, '--config.train.num_steps=2')
+          *(f'--config.perturbations.{name}.count=0' for name in OFF))
 
 
-def _demo_config(arg: str = 'smoke'):
-  spec = importlib.util.spec_from_file_location('demo_config',
-                                                os.path.join(REPO, 'configs', 'demo.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.perturbations.counts.update({name: 0 for name in OFF})
+def _voc_config(voc_root: str = ''):
+  config = defaults.load_config_file(os.path.join(REPO, 'configs', 'voc.py'), 'smoke')
+  config.data.update(root=voc_root, num_labelled=NUM_TRAIN)
+  perturbations.set_counts(config.perturbations, {name: 0 for name in OFF})
   return config
 
 
@@ -80,23 +84,28 @@ def runs(tmp_path_factory):
   """Two steps by two processes of 2 devices each and by one process of 4 devices; then
   (while the two processes may still run) a copy of the latter resumed on 1 device."""
   root = tmp_path_factory.mktemp('multihost')
+  voc_root = fakes.write_voc_folder(str(root / 'data'), num_train=NUM_TRAIN, num_val=9,
+                                    num_sbd=10)
+  config = _config_args(voc_root)
+  short = (*config, '--config.train.num_steps=2',
+           f'--predict_input={os.path.join(voc_root, "JPEGImages")}')
   two, one, resumed = root / 'two_processes', root / 'one_process', root / 'resumed'
   address = f'127.0.0.1:{_free_port()}'
-  pair = [_start((*SHORT, f'--coordinator_address={address}', '--num_processes=2',
+  pair = [_start((*short, f'--coordinator_address={address}', '--num_processes=2',
                   f'--process_id={i}'), two, 2, root / f'process_{i}.log') for i in range(2)]
   try:
-    _wait([_start(SHORT, one, 4, root / 'one_process.log')])
+    _wait([_start(short, one, 4, root / 'one_process.log')])
     shutil.copytree(one, resumed)
-    _wait([_start((*CONFIG, '--config.train.num_steps=3'), resumed, 1,
+    _wait([_start((*config, '--config.train.num_steps=3'), resumed, 1,
                   root / 'resumed.log')])
   finally:
     _wait(pair)
-  return two, one, resumed
+  return two, one, resumed, voc_root
 
 
 def _initial_state(num_steps: int):
-  config = _demo_config()
-  model = models.model_from_config(config.model, train.aux_counts(config))
+  config = _voc_config()
+  model = models.model_from_config(config.model, methods.aux_counts(config))
   return train.create_train_state(config, model, num_steps, parallel.data_mesh())
 
 
@@ -117,8 +126,8 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_two_processes_train_and_evaluate_as_one_process_with_four_devices(runs):
-  two, one, _ = runs
+def test_two_processes_train_evaluate_and_predict_as_one_process_with_four_devices(runs):
+  two, one, _, voc_root = runs
   with open(two.parent / 'process_1.log') as f:
     assert 'process 1 of 2: 2 local devices, 4 in all' in f.read()
   # The parameters and BN statistics after each step, as updates from the same initial
@@ -149,23 +158,40 @@ def test_two_processes_train_and_evaluate_as_one_process_with_four_devices(runs)
     assert {k: v for k, v in scores.items() if k != 'num_samples'} == {
         k: v for k, v in fixed_one.items() if k != 'num_samples'}
   # The trained models' scores agree up to pixels on which the models nearly tie.
-  test_two, test_one = _read_json(two / 'results_test.json'), _read_json(one / 'results_test.json')
-  assert test_two['pixel_accuracy'] == pytest.approx(test_one['pixel_accuracy'], abs=0.01)
+  val_two, val_one = _read_json(two / 'results_val.json'), _read_json(one / 'results_val.json')
+  assert val_two['pixel_accuracy'] == pytest.approx(val_one['pixel_accuracy'], abs=0.01)
 
   # Logging from process 0 only: every record once. The losses agree (another order of
   # the global batch: 4% apart at step 1, 2% at step 2).
   records_two, records_one = _records(two), _records(one)
-  assert [r['step'] for r in records_two] == [r['step'] for r in records_one] == [1, 2, 2]
+  # Steps 1 and 2, the val scores at step 2, those of the best checkpoint (step 2) at the end.
+  assert [r['step'] for r in records_two] == [r['step'] for r in records_one] == [1, 2, 2, 2]
   for r2, r1, rel in zip(records_two, records_one, (1e-5, 5e-3)):
     assert r2.keys() == r1.keys()
     for name in r1:
       if name.startswith('loss'):
         assert r2[name] == pytest.approx(r1[name], rel=rel), (r2['step'], name)
-  assert (two / 'predictions_test.png').is_file()
+  assert (two / 'predictions_val.png').is_file()
+
+  # Prediction: the two processes wrote one label PNG per photo between them, each at its
+  # photo's own size, as the single process did (the same labels but where the models,
+  # equal up to rounding, nearly tie).
+  photos = sorted(os.listdir(os.path.join(voc_root, 'JPEGImages')))
+  for run in (two, one):
+    labels = sorted(p for p in os.listdir(run / 'predictions') if p.endswith('.png'))
+    assert labels == [p.replace('.jpg', '.png') for p in photos]
+  agree = []
+  for photo in photos:
+    size = Image.open(os.path.join(voc_root, 'JPEGImages', photo)).size
+    name = photo.replace('.jpg', '.png')
+    labels_two, labels_one = (Image.open(run / 'predictions' / name) for run in (two, one))
+    assert labels_two.size == labels_one.size == size
+    agree.append(np.mean(np.asarray(labels_two) == np.asarray(labels_one)))
+  assert np.mean(agree) > 0.95
 
 
 def test_a_four_device_checkpoint_resumes_on_one_device(runs):
-  _, one, workdir = runs
+  _, one, workdir, _ = runs
   with open(workdir.parent / 'resumed.log') as f:
     log = f.read()
   assert 'resumed from step 2' in log
@@ -187,18 +213,21 @@ def test_distributed_start_takes_all_three_explicit_arguments_or_none():
 
 
 def test_evaluation_batches_are_padded_to_the_devices_and_scored_exactly():
-  """7 val images in batches of 3 on 4 devices: the blank rows added for the devices (and
-  the pipeline's blanks that fill the last batch) are not counted."""
+  """7 val images in batches of 3 per device on 4 devices: the blanks that fill the last
+  batch are not counted."""
   assert jax.device_count() == 4
   sys.path.insert(0, os.path.dirname(__file__))
   import multihost_worker  # pylint: disable=import-outside-toplevel
-  config = _demo_config()
+  config = defaults.load_config_file(os.path.join(REPO, 'configs', 'demo.py'), 'smoke')
   config.data.generated.sizes = dict(train=64, val=7, test=8)
   config.data.eval_batch_size = 3
   stand_in = multihost_worker.stand_in_predictor(config.model.num_classes)
-  dataset = factory.make_eval_dataset(config.data, 'val')
-  scores, samples = train.evaluate_split(config, None, stand_in, dataset, parallel.data_mesh(),
-                                         num_samples=100)
+  dataset = factory.make_eval_dataset(config.data, 'val', device_count=jax.device_count())
+  mesh = parallel.data_mesh()
+  eval_step = evaluate.make_eval_step(stand_in, config.model.num_classes, mesh)
+  scores, samples = evaluate.evaluate_split(
+      eval_step, None, dataset, mesh, config.model.num_classes,
+      factory.class_names(config.data), num_samples=100)
   num_classes = config.model.num_classes
   confusion = np.zeros((num_classes, num_classes), np.int64)
   for batch in dataset:

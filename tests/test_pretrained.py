@@ -102,7 +102,8 @@ def test_loader_errors_name_the_file_and_the_key(tmp_path):
   assert 'shape mismatch at params/layer2_0/conv1/kernel' in message
 
   path = write_npz(tmp_path / 'tv.npz', arrays, 'torchvision')
-  with pytest.raises(pretrained.PretrainedWeightsError, match="tv.npz: weights for the 'torchvision'"):
+  with pytest.raises(pretrained.PretrainedWeightsError,
+                     match="tv.npz: weights for the 'torchvision'"):
     pretrained.load_trunk_weights(variables, path, stem='deep')
 
 

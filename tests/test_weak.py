@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fakes
-from cct_jax import checkpointing, defaults, losses, models, parallel, perturbations, train
+from cct_jax import checkpointing, defaults, losses, methods, models, parallel, perturbations
+from cct_jax import state as state_lib, train
+from cct_jax.methods import cct as methods_cct
 from cct_jax.data import factory, sources, voc, weak
-from cct_jax.weak import cams
+from cct_jax import crf
+from cct_jax.weak import cams, pseudo_labels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +80,71 @@ def test_multi_scale_and_flip_cams_average_mirrored_copies_at_the_input_size():
   assert cams.multi_scale_cams(cam_fn, images, scales=(0.5, 1.5)).shape == (1, 16, 16, 1)
 
 
+def test_confident_labels_are_irns_argmax_behind_a_constant_background_channel():
+  foreground = np.array([1, 2, 4])
+  cam = np.random.default_rng(3).random((2, 5, 6, 3)).astype(np.float32)
+  cam[0, 0, 0] = (0.30, 0.10, 0.00)  # a tie with the threshold goes to the background
+  for theta in (0.05, 0.30, 0.80):
+    padded = np.concatenate([np.full(cam.shape[:-1] + (1,), theta, np.float32), cam], -1)
+    expected = np.concatenate([[0], foreground])[np.argmax(padded, axis=-1)]
+    np.testing.assert_array_equal(
+        cams.confident_labels(cam, foreground, theta=theta, background_class=0), expected)
+
+
+def _three_band_scene():
+  """A 24x48 image of three flat bands, and normalised CAMs of its one present class (3):
+  sure background (CAM 0), a band between the thresholds (0.15), the object (0.9)."""
+  colours = np.array([[30, 30, 30], [200, 200, 60], [60, 90, 220]], np.uint8)
+  band = np.repeat(np.arange(3), 16)[None].repeat(24, axis=0)
+  cam = np.zeros((1, 24, 48, 4), np.float32)
+  cam[0, ..., 2] = np.array([0.0, 0.15, 0.9])[band]  # channel 2 of foreground 1..4
+  return colours[band], band, cam
+
+
+def test_two_crf_pseudo_labels_leave_255_where_the_crfs_disagree():
+  image, band, cam = _three_band_scene()
+  foreground, crf_config = np.arange(1, 5), crf.default_crf_config()
+  fg, bg = (np.asarray(cams.confident_labels(cam, foreground, theta=theta,
+                                             background_class=0))[0] for theta in (0.30, 0.05))
+  labels = pseudo_labels.two_crf_labels(image, fg, bg, [0, 3], 0, crf_config)
+  fg_refined, bg_refined = crf.refine_among(image, np.stack([fg, bg]), [0, 3], crf_config)
+  disagree = fg_refined != bg_refined
+  # The middle band: background from theta_fg, object from theta_bg; the CRFs keep it so.
+  assert disagree[band == 1].mean() > 0.9 and not disagree[band != 1].any()
+  np.testing.assert_array_equal(labels[disagree], 255)
+  np.testing.assert_array_equal(labels[~disagree], fg_refined[~disagree])
+  np.testing.assert_array_equal(labels[band == 2], 3)
+  np.testing.assert_array_equal(labels[band == 0], 0)
+
+
+def test_two_crfs_keep_the_foreground_crfs_object_as_the_authors_do():
+  fg = np.array([[0, 0, 2, 2, 1]])
+  bg = np.array([[0, 1, 2, 0, 2]])
+  np.testing.assert_array_equal(pseudo_labels.agreed_labels(fg, bg, background_class=0),
+                                [[0, 255, 2, 2, 1]])
+
+
+def test_each_rule_refines_within_what_the_image_contains():
+  image, band, cam = _three_band_scene()
+  config = defaults.base_config('fashion5')
+  config.weak.update(theta_bg=0.05, theta_fg=0.30)
+  present = np.zeros(5, bool)
+  present[3] = True
+  example = {'image': image, 'image_labels': present}
+  foreground = np.arange(1, 5)
+  labels = dict(cam=np.asarray(cams.pseudo_labels(cam, foreground, theta_bg=0.05, theta_fg=0.30,
+                                                  background_class=0))[0],
+                **{name: np.asarray(cams.confident_labels(cam, foreground, theta=theta,
+                                                          background_class=0))[0]
+                   for name, theta in (('fg', 0.30), ('bg', 0.05))})
+  config.weak.pseudo_label_rule = 'two_crfs'
+  two = pseudo_labels.refined_labels(config, example, labels)
+  assert set(np.unique(two)) == {0, 3, 255}
+  config.weak.pseudo_label_rule = 'one_crf'
+  one = pseudo_labels.refined_labels(config, example, labels)
+  assert 255 not in one and set(np.unique(one[band != 1])) == {0, 3}
+
+
 # --------------------------------------------------------------------------------------
 # The weak loss L_w (Eq. 6).
 
@@ -94,13 +161,13 @@ def test_weak_loss_ignores_unsure_pixels_and_is_finite_without_any():
   assert value == 0 and np.all(np.isfinite(grad)) and not np.any(grad)
   # Over perturbation types, the mean over all K decoders (2 of one type, 1 of another).
   split = {'a': aux[:2], 'b': aux[2:]}
-  assert train.weak_loss(split, labels) == pytest.approx(float(losses.weak_loss(aux, labels)),
+  assert methods_cct.weak_loss(split, labels) == pytest.approx(float(losses.weak_loss(aux, labels)),
                                                          rel=1e-6)
 
 
 def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_decoder():
   config = defaults.base_config('fashion5')
-  config.model = defaults.tiny_model_config(5)
+  config.model = models.tiny_model_config(5)
   counts = dict(dropout=1, feature_noise=2)
   model = models.model_from_config(config.model, counts)
   variables = models.init_variables(model, jax.random.key(0), (2, 32, 32, 3))
@@ -114,7 +181,7 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
     (_, aux), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
                               images, train=True, perturbations=fns, key=jax.random.key(1),
                               mutable=['batch_stats'])
-    return train.weak_loss(aux, labels)
+    return methods_cct.weak_loss(aux, labels)
 
   grads = jax.grad(loss)(variables['params'])
   norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
@@ -126,13 +193,6 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
 
 # --------------------------------------------------------------------------------------
 # Image-level labels and pseudo-label files.
-
-
-@pytest.fixture(scope='module')
-def idx_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('idx')
-  fakes.write_fashion_idx(str(path), num_train=60, num_test=20)
-  return str(path)
 
 
 def _data_config(idx_dir, **overrides):
@@ -239,7 +299,7 @@ def weak_run(idx_dir, tmp_path_factory):
        '--config.weak.classifier_batch_size=4', '--config.weak.classifier_checkpoint_every=1')
   pseudo = _cli(*common, '--mode=pseudo_labels')
   _cli(*common, f'--config.model.encoder_from={workdir}/classifier',
-       f'--config.data.pseudo_labels={workdir}/pseudo_labels/crf')
+       f'--config.data.pseudo_labels={workdir}/pseudo_labels/two_crfs')
   return workdir, common, pseudo.stdout
 
 
@@ -263,7 +323,7 @@ def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_d
   assert sorted(os.listdir(workdir / 'classifier' / 'checkpoints')) == ['1', '2']
 
   ids = _weak_ids(idx_dir)
-  for kind in ('cam', 'crf'):
+  for kind in ('cam', 'two_crfs'):  # the default rule's folder beside the CAMs'
     names = sorted(os.listdir(workdir / 'pseudo_labels' / kind))
     assert names == sorted(f'{i}.png' for i in ids)
     labels = Image.open(workdir / 'pseudo_labels' / kind / names[0])
@@ -271,10 +331,13 @@ def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_d
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3, 4, 255}
   scores = json.loads((workdir / 'pseudo_labels' / 'scores.json').read_text())
   assert scores['num_scored'] == scores['num_images'] == len(ids)
-  for kind in ('cam', 'crf'):
+  for kind in ('cam', 'two_crfs'):
     assert 0 <= scores[kind]['miou'] <= 1
     assert f"**{100 * scores[kind]['miou']:.1f}**" in printed
-  assert scores['crf']['unsure_fraction'] == 0  # the CRF decides every unsure pixel
+    labels = np.stack([np.asarray(Image.open(workdir / 'pseudo_labels' / kind / f'{i}.png'))
+                       for i in ids])
+    assert scores[kind]['labelled_fraction'] == pytest.approx(np.mean(labels != 255))
+    assert scores[kind]['miou_unsure_as_wrong'] <= scores[kind]['miou']
   # image | CAM | raw | after the CRF | truth, one row per image of the first six.
   strip = np.asarray(Image.open(workdir / 'pseudo_labels' / 'strip.png'))
   assert strip.shape == (6 * 64, 5 * 64, 3)
@@ -283,7 +346,7 @@ def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_d
   palette = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
   np.testing.assert_array_equal(strip[:64, :64], truth['image'])
   np.testing.assert_array_equal(strip[:64, 4 * 64:], palette[truth['mask']])
-  crf_labels = np.asarray(Image.open(workdir / 'pseudo_labels' / 'crf' / f'{ids[0]}.png'))
+  crf_labels = np.asarray(Image.open(workdir / 'pseudo_labels' / 'two_crfs' / f'{ids[0]}.png'))
   np.testing.assert_array_equal(strip[:64, 3 * 64:4 * 64], palette[crf_labels])
 
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -298,7 +361,7 @@ def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_d
 def test_pseudo_labels_resume_where_they_stopped(weak_run, idx_dir):
   workdir, common, _ = weak_run
   ids = _weak_ids(idx_dir)
-  crf_dir = workdir / 'pseudo_labels' / 'crf'
+  crf_dir = workdir / 'pseudo_labels' / 'two_crfs'
   before = {i: np.asarray(Image.open(crf_dir / f'{i}.png')) for i in ids[:2]}
   for i in ids[:2]:  # as if the run had stopped before finishing these two
     os.remove(crf_dir / f'{i}.png')
@@ -311,12 +374,12 @@ def test_pseudo_labels_resume_where_they_stopped(weak_run, idx_dir):
 def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
   workdir, _, _ = weak_run
   config = defaults.base_config('fashion5')
-  config.model = defaults.tiny_model_config(5)
+  config.model = models.tiny_model_config(5)
   config.model.output_stride = 4  # as configs/demo.py
   mesh = parallel.data_mesh()
-  model = models.model_from_config(config.model, train.aux_counts(config))
+  model = models.model_from_config(config.model, methods.aux_counts(config))
   state = train.create_train_state(config, model, 4, mesh)
-  loaded = train.with_encoder_from(state, str(workdir / 'classifier'), mesh)
+  loaded = state_lib.with_encoder_from(state, str(workdir / 'classifier'), mesh)
   saved = checkpointing.restore_arrays(str(workdir / 'classifier' / 'checkpoints'))
   for got, want in zip(jax.tree.leaves(loaded.params['encoder']),
                        jax.tree.leaves(saved['params']['encoder'])):
@@ -326,7 +389,7 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
     np.testing.assert_array_equal(got, want)
   config.model.output_stride = 8
   config.model.psp_features = 16
-  other = models.model_from_config(config.model, train.aux_counts(config))
+  other = models.model_from_config(config.model, methods.aux_counts(config))
   with pytest.raises(ValueError, match='its encoder does not match config.model'):
-    train.with_encoder_from(train.create_train_state(config, other, 4, mesh),
+    state_lib.with_encoder_from(train.create_train_state(config, other, 4, mesh),
                             str(workdir / 'classifier'), mesh)

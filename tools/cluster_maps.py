@@ -25,8 +25,8 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
-from cct_jax import cluster_maps, parallel, predict, train
-from cct_jax.data import sources, transforms, voc
+from cct_jax import cluster_maps, predict, state as state_lib, train, visualize
+from cct_jax.data import sources, transforms
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
@@ -56,16 +56,16 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config
   names = predict.list_images(FLAGS.input)
-  model, state = train.restore_for_inference(config, FLAGS.workdir)
-  variables = train.inference_variables(state)
-  predict_fn = train.make_predict_fn(config, model)
-  encoders = {'encoder': variables}
+  trainer = train.SingleDomainTrainer(config, FLAGS.workdir)
+  model, state = trainer.model, trainer.restore()
+  predict_fn = jax.jit(trainer.predict_fn(None))
+  encoders = {'encoder': trainer.method.evaluated(state.extra, state_lib.variables(state))}
   if FLAGS.classifier:
-    classifier = train.with_encoder_from(state, FLAGS.classifier, parallel.data_mesh())
-    encoders['classifier'] = {'params': classifier.params, 'batch_stats': classifier.batch_stats}
+    encoders['classifier'] = state_lib.variables(
+        state_lib.with_encoder_from(state, FLAGS.classifier, trainer.mesh))
   features_fns = {kind: jax.jit(functools.partial(cluster_maps.encoder_features, model, v))
                   for kind, v in encoders.items()}
-  colours = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
+  colours = np.asarray(visualize.palette(), np.uint8).reshape(-1, 3)
   os.makedirs(FLAGS.output, exist_ok=True)
   rows = []
   for name in names:

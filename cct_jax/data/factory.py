@@ -23,7 +23,8 @@ dataset's own section:
   batch_size_labelled, batch_size_unlabelled   global batch sizes
   shuffle_seed, num_workers, read_threads, prefetch   the grain pipeline; -1 workers or
                            threads: chosen from the host's cores (`pipeline.input_workers`)
-  eval_batch_size, eval_pad_to   eval: 1 whole image at a time, or padded batches
+  eval_batch_size, eval_bucket   eval: whole images per device and step, padded into a
+                           few canvas sizes (eval_batches.py)
   image_labels             weak labels (sec. 3.3) of the unlabelled set, a file; '' = from
                            its masks (see weak.py)
   pseudo_labels            a folder of pseudo-label PNGs (--mode=pseudo_labels): the
@@ -37,9 +38,11 @@ import functools
 
 import grain
 import ml_collections
+import numpy as np
 
-from cct_jax.data import (camvid, cityscapes, dataset, fashion5, folder, pipeline, sources,
-                          sunrgbd, tex5, tfds_source, transforms, voc, weak)
+from cct_jax.data import (camvid, cityscapes, dataset, eval_batches, fashion5, folder,
+                          pipeline, sources, sunrgbd, tex5, tfds_source, transforms, voc,
+                          weak)
 
 TRAIN_SPLITS = dataset.TRAIN_SPLITS
 
@@ -63,7 +66,7 @@ COMMON_DEFAULTS = dict(
     resize_to=(0, 0), mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
     batch_size_labelled=10, batch_size_unlabelled=10,
     shuffle_seed=0, num_workers=pipeline.AUTO, read_threads=pipeline.AUTO, prefetch=4,
-    eval_batch_size=1, eval_pad_to=(0, 0), image_labels='', pseudo_labels='')
+    eval_batch_size=1, eval_bucket=128, image_labels='', pseudo_labels='')
 
 
 def _registered(name: str) -> dataset.Dataset:
@@ -197,15 +200,11 @@ def train_transform(cfg):
                            mean=cfg.mean, std=cfg.std)
 
 
-def _pad_size(cfg) -> tuple[int, int] | None:
-  return tuple(cfg.eval_pad_to) if all(cfg.eval_pad_to) else None
-
-
 def eval_transform(cfg):
-  """`transform(example)` of the evaluation batches."""
+  """`transform(example)` of the evaluation batches: normalised, resized for fixed-size
+  datasets, not padded."""
   return functools.partial(transforms.eval_transform, mean=cfg.mean, std=cfg.std,
-                           size=None if cfg.augment else tuple(cfg.resize_to),
-                           pad_size=_pad_size(cfg))
+                           size=None if cfg.augment else tuple(cfg.resize_to))
 
 
 def make_train_streams(cfg, *, device_count: int = 1, process_index: int = 0,
@@ -235,14 +234,21 @@ def make_train_streams(cfg, *, device_count: int = 1, process_index: int = 0,
   return pipeline.TrainStreams(*streams)
 
 
-def make_eval_dataset(cfg, split: str, *, process_index: int = 0,
-                      process_count: int = 1) -> grain.IterDataset:
-  """A re-iterable dataset of `split`'s evaluation batches ('image', 'mask', 'valid'; see
-  `pipeline.eval_dataset`): `for batch in ds: ...` at every evaluation."""
-  ds = pipeline.eval_dataset(make_source(cfg, split), eval_transform(cfg),
-                             batch_size=cfg.eval_batch_size, pad_size=_pad_size(cfg),
-                             process_index=process_index, process_count=process_count)
-  return _prefetched(ds, cfg)
+def make_eval_dataset(cfg, split: str, *, device_count: int = 1, process_index: int = 0,
+                      process_count: int = 1) -> eval_batches.EvalBatches:
+  """A re-iterable dataset of this process's share of `split`'s evaluation batches
+  ('image', 'mask', 'valid', 'size'; see eval_batches.py), `data.eval_batch_size` images
+  per device: `for batch in ds: ...` at every evaluation."""
+  source = make_source(cfg, split)
+  if cfg.augment:
+    sizes = eval_batches.image_sizes(source)
+  else:
+    sizes = np.tile(np.asarray(cfg.resize_to, np.int64), (len(source), 1))
+  ds = eval_batches.eval_batches(source, eval_transform(cfg), sizes,
+                                 batch_size=cfg.eval_batch_size * device_count,
+                                 bucket=cfg.eval_bucket, process_index=process_index,
+                                 process_count=process_count)
+  return eval_batches.EvalBatches(_prefetched(ds, cfg), len(ds))
 
 
 def _prefetched(ds, cfg) -> grain.IterDataset:

@@ -1,15 +1,16 @@
-"""grain pipelines: the paired training streams and the evaluation batches.
+"""grain pipelines: the paired training streams (evaluation batches: eval_batches.py).
 
 Training (a labelled and an unlabelled batch per iteration, paper App. C, Algorithm 1):
 a labelled and an unlabelled stream, each shuffled and repeated with its own seed (the
-labelled set is reshuffled and re-augmented every time it is exhausted), augmented, sliced per process and batched. Augmentation happens before the
-per-process slice, so element k of the global stream, and its random crop, do not depend
-on the number of processes; at step t process p takes the global elements
-[t * B + p * B / P, t * B + (p + 1) * B / P), so the P local batches, joined in process
-order, are exactly global elements [t * B, (t + 1) * B) in order (the global array of P
-processes is the one a single process makes: identical steps). Batching is
-one-to-one in the random-access stage, so worker processes only decide who computes
-which batch: the output is the same for 0 and N workers.
+labelled set is reshuffled and re-augmented every time it is exhausted), augmented,
+sliced per process and batched. Augmentation happens before the per-process slice, so
+element k of the global stream, and its random crop, do not depend on the number of
+processes; at step t process p takes the global elements [t * B + p * B / P,
+t * B + (p + 1) * B / P), so the P local batches, joined in process order, are exactly
+global elements [t * B, (t + 1) * B) in order (the global array of P processes is the
+one a single process makes: identical steps). Batching is one-to-one in the
+random-access stage, so worker processes only decide who computes which batch: the
+output is the same for 0 and N workers.
 
 Resuming, two ways, both exact: the iterators are grain `DatasetIterator`s whose
 `get_state()` / `set_state()` state is small and JSON-able (orbax saves it with
@@ -19,14 +20,11 @@ step, valid for any number of workers and processes.
 """
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 
 import grain
 import numpy as np
-
-from cct_jax.data.sources import IGNORE_INDEX
 
 AUTO = -1  # data.num_workers / data.read_threads: chosen from the host's cores.
 
@@ -134,35 +132,3 @@ class TrainStreams:
     """Stops worker processes (they also stop when the iterators are collected)."""
     self.labelled.close()
     self.unlabelled.close()
-
-
-class _EvalElement:
-  """Element j of the padded evaluation set: example j marked valid, or past the end, a
-  blank (mask all IGNORE_INDEX, valid False) that fills the last batches."""
-
-  def __init__(self, source, transform: Callable, pad_size: tuple[int, int] | None):
-    self.source, self.transform, self.pad_size = source, transform, pad_size
-
-  def __call__(self, index: int) -> dict:
-    if index < len(self.source):
-      return {**self.transform(self.source[index]), 'valid': np.True_}
-    return {'image': np.zeros((*self.pad_size, 3), np.float32),
-            'mask': np.full(self.pad_size, IGNORE_INDEX, np.int32), 'valid': np.False_}
-
-
-def eval_dataset(source, transform: Callable, *, batch_size: int = 1,
-                 pad_size: tuple[int, int] | None = None, process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
-  """Whole images in order: one at a time, or `batch_size` padded to `pad_size`.
-
-  Batches carry 'valid' (B,): the set is filled up with blanks to the same number of
-  full batches on every process, so each example is scored exactly once and every
-  process runs the same number of steps. `transform(example)` must pad to `pad_size`.
-  """
-  if pad_size is None and (batch_size > 1 or process_count > 1):
-    raise ValueError('whole images of different sizes are batched (or spread over '
-                     'processes) only when padded to one size: set data.eval_pad_to')
-  per_process = math.ceil(len(source) / (batch_size * process_count)) * batch_size
-  ds = grain.MapDataset.range(per_process * process_count)
-  ds = ds[process_index::process_count].map(_EvalElement(source, transform, pad_size))
-  return ds.batch(batch_size)

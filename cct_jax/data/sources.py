@@ -20,8 +20,7 @@ import os
 import numpy as np
 from PIL import Image
 
-# Pixels with this label are ignored by losses and metrics (VOC's object borders, padding).
-IGNORE_INDEX = 255
+from cct_jax.labels import IGNORE_INDEX
 
 
 class DataError(ValueError):
@@ -150,6 +149,11 @@ class FileSource:
 
   def ids(self) -> list[str]:
     return [item.id for item in self.items]
+
+  def image_size_of(self, index: int) -> tuple[int, int]:
+    """(height, width) of image `index`, from its file's header (nothing decoded)."""
+    with Image.open(self.items[index].image) as image:
+      return image.height, image.width
 
   def __getitem__(self, index: int) -> dict:
     item = self.items[index]

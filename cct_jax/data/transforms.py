@@ -108,16 +108,9 @@ def resize_only(example: dict, rng: np.random.Generator, *, size: tuple[int, int
 
 
 def eval_transform(example: dict, *, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                   size: tuple[int, int] | None = None,
-                   pad_size: tuple[int, int] | None = None) -> dict:
+                   size: tuple[int, int] | None = None) -> dict:
   """The whole image, normalised; resized to `size` for the datasets trained at a fixed
-  size; padded to `pad_size` (mask IGNORE_INDEX) when images are batched."""
+  size. Batches pad it (data/eval_batches.py)."""
   if size:
     example = resize(example, *size)
-  if pad_size:
-    h, w = example['image'].shape[:2]
-    if h > pad_size[0] or w > pad_size[1]:
-      raise ValueError(f'{example.get("id")}: image {h}x{w} is larger than the eval '
-                       f'padding size {pad_size[0]}x{pad_size[1]} (data.eval_pad_to)')
-    example = pad_to(example, *pad_size, mean)
   return finish(example, mean, std)

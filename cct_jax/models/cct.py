@@ -17,6 +17,7 @@ from flax import linen as nn
 from flax import traverse_util
 from jax import lax
 
+from cct_jax.models import padding
 from cct_jax.models.decoders import Decoder
 from cct_jax.models.psp import PSP
 from cct_jax.models.resnet import Convolution, ResNet
@@ -74,11 +75,19 @@ class Encoder(nn.Module):
   convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, self.dtype,
-               self.convolution, name='trunk')(x.astype(self.dtype), train)
+  def __call__(self, x: jax.Array, train: bool = False,
+               sizes: jax.Array | None = None) -> jax.Array:
+    """`sizes` (B, 2): each image's height and width in a batch padded at the bottom and
+    right to one size, each then computed as if alone (models/padding.py); None: the
+    images fill the batch."""
+    canvas = x.shape[1:3]
+    features = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, self.dtype,
+                      self.convolution, name='trunk')(
+                          x.astype(self.dtype), train,
+                          zero_padding=padding.zero_padding(sizes, canvas))
+    valid = None if sizes is None else padding.extents(sizes, canvas, features.shape[1:3])
     return PSP(self.psp_features, self.psp_bins, self.dtype, self.convolution,
-               name='psp')(x, train)
+               name='psp')(features, train, valid)
 
 
 def perturbation_type_key(key: jax.Array, name: str) -> jax.Array:
@@ -162,7 +171,8 @@ class CCT(nn.Module):
   no perturbations are given (labelled batches, evaluation). With `resize=False` both stay
   at the decoders' resolution (8x z: 328 for a 321 input), where the authors' code compares
   them; resizing 60 full-resolution maps costs more than the consistency loss itself. The
-  main prediction reaches the perturbations stop-gradient'ed: the consistency loss must not train the main decoder.
+  main prediction reaches the perturbations stop-gradient'ed: the consistency loss must
+  not train the main decoder.
   The decoders compute in the encoder's dtype; the logits come back in float32.
   """
   num_classes: int
@@ -181,8 +191,10 @@ class CCT(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
-               key: jax.Array | None = None, resize: bool = True):
-    return self.decode(self.encoder(x, train), x.shape[1:3] if resize else None,
+               key: jax.Array | None = None, resize: bool = True,
+               sizes: jax.Array | None = None):
+    """`sizes`: see `Encoder`."""
+    return self.decode(self.encoder(x, train, sizes), x.shape[1:3] if resize else None,
                        perturbations, key)
 
   def decode(self, z: jax.Array, size: Sequence[int] | None,
@@ -200,15 +212,16 @@ class CCT(nn.Module):
     return to_output(main_logits), {name: to_output(logits) for name, logits in aux.items()}
 
 
-def sown_metrics(updates: Sequence[Mapping]) -> dict[str, jax.Array]:
-  """The diagnostics sown into `METRICS` by the `apply` passes that left `updates` (their
+def sown(updates: Sequence[Mapping], collection: str = METRICS) -> dict[str, jax.Array]:
+  """The values sown into `collection` (the diagnostics in `METRICS`; the multi-domain
+  discriminator's loss term in 'losses') by the `apply` passes that left `updates` (their
   mutable collections), by name (the last key of the path), averaged over the sowings."""
-  sown = {}
+  sown_values = {}
   for collections in updates:
-    flat = traverse_util.flatten_dict(dict(collections.get(METRICS, {})))
+    flat = traverse_util.flatten_dict(dict(collections.get(collection, {})))
     for path, values in flat.items():
-      sown.setdefault(path[-1], []).extend(values)
-  return {name: sum(values) / len(values) for name, values in sown.items()}
+      sown_values.setdefault(path[-1], []).extend(values)
+  return {name: sum(values) / len(values) for name, values in sown_values.items()}
 
 
 def init_variables(model: CCT, key: jax.Array, image_shape: Sequence[int]):

@@ -3,8 +3,8 @@
 
 Every decoder, main or auxiliary, is the same stateless network: a 1x1 projection of z to
 C channels, then x2 sub-pixel upsampling blocks (three at output stride 8), giving logits
-at the input resolution. It holds parameters only (no batch statistics), so a stack of K decoders is a
-pytree with a leading axis of size K that `jax.vmap` runs as one computation.
+at the input resolution. It holds parameters only (no batch statistics), so a stack of K
+decoders is a pytree with a leading axis of size K that `jax.vmap` runs as one computation.
 """
 
 import jax

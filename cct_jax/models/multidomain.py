@@ -53,8 +53,9 @@ class MultiDomainCCT(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
-               key: jax.Array | None = None, resize: bool = True):
-    z = self.encoder(x, train)
+               key: jax.Array | None = None, resize: bool = True,
+               sizes: jax.Array | None = None):
+    z = self.encoder(x, train, sizes)
     size = x.shape[1:3] if resize else None
     if self.domain is None:
       if self.adversarial_weight > 0:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from cct_jax.models import initializers
+from cct_jax.models import initializers, padding
 
 # PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
@@ -56,12 +56,13 @@ class Bottleneck(nn.Module):
   convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array,
+               zero_padding: padding.ZeroPadding = padding.no_padding) -> jax.Array:
     norm = functools.partial(BatchNorm, use_running_average=not self.train, dtype=self.dtype)
     conv_ = functools.partial(conv, dtype=self.dtype, convolution=self.convolution)
     out_features = self.planes * _EXPANSION
     y = nn.relu(norm(name='bn1')(conv_(self.planes, 1, name='conv1')(x)))
-    y = conv_(self.planes, 3, self.stride, self.dilation, name='conv2')(y)
+    y = conv_(self.planes, 3, self.stride, self.dilation, name='conv2')(zero_padding(y))
     y = nn.relu(norm(name='bn2')(y))
     y = norm(name='bn3')(conv_(out_features, 1, name='conv3')(y))
     if self.stride != 1 or x.shape[-1] != out_features:
@@ -100,19 +101,22 @@ class ResNet(nn.Module):
   convolution: Convolution = lax.conv_general_dilated
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False):
+  def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False,
+               zero_padding: padding.ZeroPadding = padding.no_padding):
+    """`zero_padding`: see padding.py (a batch of differently sized images)."""
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
     conv_ = functools.partial(conv, dtype=self.dtype, convolution=self.convolution)
     stages = {}
     if self.stem == 'deep':
       x = nn.relu(norm(name='bn1')(conv_(self.width, 3, 2, name='conv1')(x)))
-      x = nn.relu(norm(name='bn2')(conv_(self.width, 3, name='conv2')(x)))
-      x = nn.relu(norm(name='bn3')(conv_(2 * self.width, 3, name='conv3')(x)))
+      x = nn.relu(norm(name='bn2')(conv_(self.width, 3, name='conv2')(zero_padding(x))))
+      x = nn.relu(norm(name='bn3')(conv_(2 * self.width, 3, name='conv3')(zero_padding(x))))
     elif self.stem == 'torchvision':
       x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
     else:
       raise ValueError(f"stem must be 'deep' or 'torchvision', got {self.stem!r}")
-    stages['stem'] = x = max_pool_3x3_s2(x)
+    # Zeros, not -inf: the stem ends in a ReLU, so a zero never wins over the image either.
+    stages['stem'] = x = max_pool_3x3_s2(zero_padding(x))
 
     layout = stage_strides_and_dilations(self.output_stride)
     for i, (num_blocks, (stride, first_dilation, dilation)) in enumerate(
@@ -120,6 +124,6 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
                        first_dilation if j == 0 else dilation, train, self.dtype,
-                       self.convolution, name=f'layer{i + 1}_{j}')(x)
+                       self.convolution, name=f'layer{i + 1}_{j}')(x, zero_padding)
       stages[f'layer{i + 1}'] = x
     return (x, stages) if return_stages else x

@@ -3,7 +3,8 @@
 Pure functions of arrays, jittable: CAMs are averaged over rescaled (and mirrored) copies
 of the image (App. F's augmentation, optional), normalised per present class by their
 maximum, and thresholded: max < theta_bg -> background, > theta_fg -> the argmax class,
-otherwise IGNORE_INDEX (the CRF then decides).
+otherwise IGNORE_INDEX (`pseudo_labels`); or at one threshold, background below it
+(`confident_labels`, what the authors' pipeline gives each of its two CRFs).
 """
 
 from collections.abc import Callable, Sequence
@@ -12,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = 255
+from cct_jax.labels import IGNORE_INDEX
+
 # cam_fn(images (B, H, W, 3)) -> raw CAMs (B, h, w, F) at the encoder's resolution.
 CamFn = Callable[[jax.Array], jax.Array]
 
@@ -57,3 +59,13 @@ def pseudo_labels(cams: jax.Array, foreground: np.ndarray, *, theta_bg: float,
   best = jnp.asarray(foreground, jnp.int32)[jnp.argmax(cams, axis=-1)]
   unsure = jnp.where(score > theta_fg, best, IGNORE_INDEX)
   return jnp.where(score < theta_bg, background_class, unsure).astype(jnp.int32)
+
+
+def confident_labels(cams: jax.Array, foreground: np.ndarray, *, theta: float,
+                     background_class: int) -> jax.Array:
+  """(B, H, W) int32 labels at one threshold: the argmax class where the max CAM is above
+  `theta`, background elsewhere. IRN's argmax over the CAMs with a constant `theta`
+  background channel in front (github.com/jiwoon-ahn/irn, step/cam_to_ir_label.py), the
+  unary of each of the authors' two CRFs."""
+  best = jnp.asarray(foreground, jnp.int32)[jnp.argmax(cams, axis=-1)]
+  return jnp.where(jnp.max(cams, axis=-1) > theta, best, background_class).astype(jnp.int32)

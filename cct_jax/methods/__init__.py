@@ -1,0 +1,91 @@
+"""Training methods as plug-ins: what a method needs of the trainer, and its loss term.
+
+The trainers (train.py, multidomain.py) ask the configured method (`train.mode`) what it
+needs: an unlabelled batch every step and which of its keys, auxiliary decoders, state of
+its own beside the model (Mean Teacher's teacher), and which variables are evaluated. They
+never test the mode by name. A new method is one module here and one line in `METHODS`.
+
+A method's unsupervised term is built by `make_term(config, model)`:
+
+    term(params, batch_stats, extra, batch, key) -> (terms, updates)
+
+  batch    the unlabelled batch: the keys `unlabelled_keys` names.
+  extra    the method's own state (`init_extra`), e.g. {'teacher': ...}; {} for most.
+  terms    {'unsup': ..., ...}: unweighted losses; the train step weights each one
+           (`term_weights`: w_u(t) of Eq. 3 for 'unsup', w_w(t) for 'weak', ...).
+  updates  the collections the unlabelled pass leaves: 'batch_stats', and 'losses' where
+           the model sows terms of its own (the multi-domain discriminator's).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from cct_jax import perturbations
+from cct_jax.methods import cct, input_vat, mean_teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training method as the trainers see it.
+
+  make_term        (config, model) -> term, as above; None: the labelled loss only.
+  aux_decoders     the model carries CCT's auxiliary decoders.
+  pseudo_labels    the unlabelled batch may carry pseudo-label masks (`data.pseudo_labels`).
+  init_extra       (variables) -> the method's state beside the model.
+  update_extra     (config, extra, variables) -> extra, after every optimiser step.
+  evaluated        (extra, variables) -> the variables that evaluation and prediction use.
+  check_config     (config) -> None; raises on settings the method cannot run with.
+  """
+  make_term: Callable | None = None
+  aux_decoders: bool = False
+  pseudo_labels: bool = False
+  init_extra: Callable[[dict], dict] = lambda variables: {}
+  update_extra: Callable[[Any, dict, dict], dict] | None = None
+  evaluated: Callable[[dict, dict], dict] = lambda extra, variables: variables
+  check_config: Callable[[Any], None] = lambda config: None
+
+  @property
+  def uses_unlabelled(self) -> bool:
+    return self.make_term is not None
+
+  def unlabelled_keys(self, data_cfg) -> tuple[str, ...]:
+    """The keys of the unlabelled batch the term reads; none without unlabelled data."""
+    if not self.uses_unlabelled:
+      return ()
+    return ('image', 'mask') if self.pseudo_labels and data_cfg.pseudo_labels else ('image',)
+
+
+METHODS = {
+    'semi': Method(make_term=cct.make_term, aux_decoders=True, pseudo_labels=True),
+    'supervised': Method(),
+    'mean_teacher': Method(make_term=mean_teacher.make_term,
+                           init_extra=mean_teacher.init_extra,
+                           update_extra=mean_teacher.update_extra,
+                           evaluated=mean_teacher.evaluated,
+                           check_config=mean_teacher.check_config),
+    'input_vat': Method(make_term=input_vat.make_term, check_config=input_vat.check_config),
+}
+
+
+def get(config) -> Method:
+  """The method `config.train.mode` names."""
+  if config.train.mode not in METHODS:
+    raise ValueError(f'train.mode must be one of {tuple(METHODS)}, got {config.train.mode!r}')
+  return METHODS[config.train.mode]
+
+
+def check_config(config) -> None:
+  """The method exists, accepts the data it is given and its own settings."""
+  method = get(config)
+  if config.data.pseudo_labels and not method.pseudo_labels:
+    raise ValueError(f"data.pseudo_labels train CCT's auxiliary decoders (Eq. 5); "
+                     f'train.mode={config.train.mode!r} has none')
+  method.check_config(config)
+
+
+def aux_counts(config) -> dict[str, int]:
+  """The auxiliary decoders of the model: perturbation type -> K, none without them."""
+  if not get(config).aux_decoders:
+    return {}
+  return perturbations.decoder_counts(config.perturbations)

@@ -1,0 +1,56 @@
+"""CCT's unsupervised terms (paper sec. 3.2, Eq. 2-3; sec. 3.3, Eq. 5-6): the auxiliary
+decoders on perturbed copies of z trained to agree with the main decoder, the optional
+pairwise term (App. B), and L_w when the unlabelled batch carries pseudo-labels."""
+
+import jax
+import jax.numpy as jnp
+
+from cct_jax import losses, perturbations
+from cct_jax.models import cct
+
+
+def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
+  """L_u averaged over all K auxiliary decoders (Eq. 2), plus the optional pairwise term.
+
+  Each perturbation type's mean is weighted by its count, so the result is the mean over
+  the K decoders without concatenating K full-resolution predictions.
+  """
+  threshold = (config.loss.confidence_threshold if config.loss.confidence_masking else None)
+  counts = {name: logits.shape[0] for name, logits in aux.items()}
+  loss_u = sum(counts[name] * losses.consistency_loss(logits, main_logits,
+                                                      config.loss.unsupervised, threshold)
+               for name, logits in aux.items()) / sum(counts.values())
+  pairwise = jnp.zeros(())
+  if config.loss.pairwise_weight > 0:
+    stacked = jnp.concatenate(list(aux.values()), axis=0)
+    pairwise = losses.pairwise_loss(stacked, key, config.loss.pairwise_decoders)
+  return loss_u, pairwise
+
+
+def weak_loss(aux: dict[str, jax.Array], pseudo_labels: jax.Array) -> jax.Array:
+  """L_w over all K auxiliary decoders (Eq. 6), each type's mean weighted by its count;
+  the logits are brought to the pseudo-labels' size first."""
+  counts = {name: logits.shape[0] for name, logits in aux.items()}
+  size = pseudo_labels.shape[1:3]
+  return sum(counts[name] * losses.weak_loss(cct.resize_logits(logits, size), pseudo_labels)
+             for name, logits in aux.items()) / sum(counts.values())
+
+
+def make_term(config, model):
+  perturbation_fns = perturbations.build_perturbations(config.perturbations)
+
+  def term(params, batch_stats, extra, batch, key):
+    del extra
+    (main_u, aux), updates = model.apply(
+        {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0), resize=False,
+        mutable=['batch_stats', 'losses', cct.METRICS])
+    loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
+    terms = {'unsup': loss_u}
+    if config.loss.pairwise_weight > 0:
+      terms['pairwise'] = pairwise
+    if 'mask' in batch:  # pseudo-labels of a weak set (Eq. 5): auxiliary decoders only
+      terms['weak'] = weak_loss(aux, batch['mask'])
+    return terms, updates
+
+  return term

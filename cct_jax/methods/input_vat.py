@@ -1,0 +1,41 @@
+"""Input VAT (Miyato et al. 2018), an input-consistency baseline of paper App. A (Table 4):
+KL between the prediction on x_u and on x_u + r_adv (`baselines.input_vat` holds the
+direction's method, xi and eps). Trains the encoder and main decoder only."""
+
+import jax.numpy as jnp
+
+from cct_jax import baselines, losses, perturbations
+from cct_jax.models import cct
+
+
+def check_config(config) -> None:
+  method = config.baselines.input_vat.method
+  if method not in perturbations.VAT_METHODS:
+    raise ValueError(f'baselines.input_vat.method {method!r} not in '
+                     f'{perturbations.VAT_METHODS}')
+
+
+def make_term(config, model):
+  """KL(p(x_u) || p(x_u + r_adv)), ||r_adv|| = eps per image, p(x_u) a target only.
+
+  The adversarial passes use the BN statistics of their own batch, like the clean pass;
+  only the clean pass's statistics are kept. The mean ||r_adv|| over the batch goes to the
+  'metrics' collection as `perturbation_norm_input_vat`: 0 shows a direction that vanished.
+  """
+  cfg = config.baselines.input_vat
+
+  def term(params, batch_stats, extra, batch, key):
+    del extra
+    images = batch['image']
+    variables = {'params': params, 'batch_stats': batch_stats}
+    clean, new_stats = baselines.train_logits(model, variables, images)
+    logits_fn = lambda x: baselines.train_logits(model, variables, x)[0]
+    r_adv = cfg.eps * perturbations.adversarial_direction(
+        logits_fn, images, key, method=cfg.method, xi=cfg.xi, iterations=cfg.iterations)
+    adversarial = logits_fn(images + r_adv)
+    r_adv_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(r_adv), axis=(1, 2, 3))))
+    return ({'unsup': losses.consistency_loss(adversarial[None], clean, 'kl')},
+            {'batch_stats': new_stats,
+             cct.METRICS: {'perturbation_norm_input_vat': (r_adv_norm,)}})
+
+  return term

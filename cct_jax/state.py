@@ -1,0 +1,102 @@
+"""The train state every trainer keeps, how it is born, and how a finished run's is read back.
+
+A state holds the model's parameters and BatchNorm statistics, the optimiser, and `extra`:
+the training method's own state beside the model (Mean Teacher's teacher; {} for most,
+methods/__init__.py). It is created replicated on the mesh, so a donated step can update
+it in place on every device.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from etils import epath
+from flax.training import train_state
+
+from cct_jax import checkpointing, parallel
+from cct_jax.models import pretrained
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  extra: Any
+
+
+def variables(state: TrainState) -> dict:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def create(apply_fn: Callable, init_variables: Callable[[jax.Array], dict], tx, key, mesh,
+           init_extra: Callable[[dict], dict] = lambda variables: {}) -> TrainState:
+  """`init_variables(key)` -> {'params', 'batch_stats'} with the optimiser `tx` and the
+  method's `init_extra`, born replicated on `mesh`."""
+
+  def init(key):
+    initial = init_variables(key)
+    return TrainState.create(apply_fn=apply_fn, params=initial['params'],
+                             batch_stats=initial['batch_stats'], tx=tx,
+                             extra=init_extra(initial))
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+
+
+def _with_encoder(state: TrainState, encoder: dict, mesh,
+                  init_extra: Callable[[dict], dict]) -> TrainState:
+  """`state` with `encoder` ({'params', 'batch_stats'} of the 'encoder' subtree) in place,
+  the optimiser and the method's state started afresh from it."""
+  params = dict(state.params, encoder=encoder['params'])
+  stats = dict(state.batch_stats, encoder=encoder['batch_stats'])
+  state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params),
+                        extra=init_extra({'params': params, 'batch_stats': stats}))
+  return jax.device_put(state, parallel.replicated(mesh))
+
+
+def with_pretrained_trunk(state: TrainState, model_cfg, mesh,
+                          init_extra: Callable[[dict], dict] = lambda variables: {}):
+  """`state` with the ImageNet trunk of `model_cfg.pretrained` (a converted .npz) when it
+  names one, for any model whose encoder sits under 'encoder' (the segmentation network,
+  the classifier of sec. 3.3)."""
+  path = pretrained.weights_file(model_cfg)
+  if path is None:
+    return state
+  params, batch_stats = pretrained.with_trunk_weights(
+      jax.device_get(state.params), jax.device_get(state.batch_stats), path, model_cfg.stem)
+  return _with_encoder(state, {'params': params['encoder'],
+                               'batch_stats': batch_stats['encoder']}, mesh, init_extra)
+
+
+def with_encoder_from(state: TrainState, run_dir: str, mesh,
+                      init_extra: Callable[[dict], dict] = lambda variables: {}):
+  """`state` with the encoder of a classification pre-training run (sec. 3.3)."""
+  saved = checkpointing.restore_arrays(os.path.join(run_dir, 'checkpoints'))
+  encoder = {'params': saved['params']['encoder'],
+             'batch_stats': saved['batch_stats']['encoder']}
+  expected = {'params': state.params['encoder'], 'batch_stats': state.batch_stats['encoder']}
+  shapes = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda path, x: (jax.tree_util.keystr(path), x.shape), tree)
+  if jax.tree.leaves(shapes(encoder)) != jax.tree.leaves(shapes(expected)):
+    raise ValueError(f'{run_dir}: its encoder does not match config.model (pre-trained with '
+                     'another model config?)')
+  return _with_encoder(state, encoder, mesh, init_extra)
+
+
+def restore_best_or_latest(state: TrainState, workdir: str,
+                           step: int | None = None) -> TrainState:
+  """The state shaped like `state` in the best checkpoint in `workdir`, else the latest;
+  or the checkpoint of `step`, wherever it is kept."""
+  abstract_state = checkpointing.abstract_with_sharding(
+      state, parallel.replicated(parallel.data_mesh()))
+  kept = {}
+  for name in ('best', 'checkpoints'):
+    directory = os.path.join(workdir, name)
+    if epath.Path(directory).is_dir():
+      mngr = checkpointing.manager(directory)
+      steps = mngr.all_steps()
+      kept[name] = sorted(steps)
+      if steps and (step is None or step in steps):
+        return checkpointing.restore(mngr, abstract_state, step)
+  if step is not None:
+    raise FileNotFoundError(f'no checkpoint of step {step} in {workdir}; kept: {kept}')
+  raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints; '
+                          'train first (--mode=train)')

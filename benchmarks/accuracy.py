@@ -4,7 +4,7 @@
   .venv/bin/python benchmarks/accuracy.py --quick    # tex5, one seed, smallest budget (< 10 min)
   .venv/bin/python benchmarks/accuracy.py --baselines  # + Table 4's baselines, loss ablation
 
-The paper's central claim (Table 4, Fig. 5) on the two bundled datasets of SPEC 6: texture
+The paper's central claim (Table 4, Fig. 5) on the two bundled datasets (README "Data"): texture
 mosaics (tex5) and Fashion-MNIST scenes (fashion5; needs Debian's `dataset-fashion-mnist`).
 Every run is `python -m cct_jax.main --config=configs/demo.py:<dataset>` with the overrides
 of its arm, budget and seed, so each number can be reproduced by one command (the JSON

@@ -1,6 +1,6 @@
 """Fully connected CRF (Krahenbuhl & Koltun 2011) with mean-field inference on the device.
 
-Refines pseudo-labels (paper sec. 3.3; SPEC 5): a Potts model whose pairwise energy is a
+Refines pseudo-labels (paper sec. 3.3): a Potts model whose pairwise energy is a
 Gaussian kernel over positions plus a bilateral kernel over positions and colours. Each
 mean-field step filters the current marginals Q with both kernels, which the
 permutohedral lattice (Adams et al. 2010) makes linear in the number of pixels:

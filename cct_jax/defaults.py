@@ -1,4 +1,4 @@
-"""The defaults every config file starts from (SPEC.md: the VOC setting of the paper).
+"""The defaults every config file starts from: the paper's VOC setting (sec. 4.1, App. J).
 
 Each section's defaults live beside the code that reads them; this module only assembles
 them, so a config file states what differs from the paper and nothing else.

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC 4; paper App. F): confusion matrix over a whole split, mIoU, per-class
+"""Evaluation (paper sec. 4.1 and App. F): confusion matrix over a whole split, mIoU, per-class
 IoU and pixel accuracy; whole-image, sliding-window and multi-scale + flip inference.
 
 The confusion matrix is summed over every pixel of the split before any division (as

@@ -1,4 +1,4 @@
-"""CCT on several domains (paper sec. 3.4, Tables 2-3; App. E, Eq. 11-12; SPEC 5):
+"""CCT on several domains (paper sec. 3.4, Tables 2-3; App. E, Eq. 11-12):
 `train_and_evaluate(config, workdir)` for a config with `domains`.
 
 One shared encoder; per domain a main decoder and K auxiliary decoders for its own classes

@@ -1,4 +1,5 @@
-"""Ramp-ups, the ab-CE threshold, the poly learning rate and the optimiser (SPEC 3).
+"""Ramp-ups, the ab-CE threshold, the poly learning rate and the optimiser (paper sec. 3.2,
+App. B and J).
 
 Schedules are functions of the integer step and work on traced values inside `jit`.
 """
@@ -31,8 +32,9 @@ def _cosine(x):
   return 0.5 * (1.0 - jnp.cos(jnp.pi * x))
 
 
-# Ramp shapes of App. K (Fig. 8), as Ref's utils/ramps.py; x = min(t, T) / T in [0, 1].
-# 'gaussian' is the paper's sec. 3.2.2 curve (Ref's 'sigmoid_rampup') and the default.
+# Ramp shapes of App. K (Fig. 8), as the authors' utils/ramps.py (github.com/yassouali/CCT);
+# x = min(t, T) / T in [0, 1].
+# 'gaussian' is the paper's sec. 3.2.2 curve (their 'sigmoid_rampup') and the default.
 RAMPS = {'gaussian': _gaussian, 'exp': _exp, 'log': _log, 'linear': _linear,
          'cosine': _cosine}
 
@@ -71,13 +73,14 @@ def ab_ce_threshold(step, *, total_steps: int, num_classes: int, cap: float = 0.
 
 
 def poly_schedule(base_lr: float, total_steps: int, power: float = 0.9) -> optax.Schedule:
-  """lr(t) = base_lr * (1 - t/N)^power, stepped per iteration (Ref's Poly)."""
+  """lr(t) = base_lr * (1 - t/N)^power, stepped per iteration (the authors' Poly)."""
   return optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
                                    transition_steps=total_steps)
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
-  """SGD of App. J, Table 12, with Ref's 0.1x trunk learning rate (SPEC 3)."""
+  """SGD of App. J, Table 12, with the 0.1x trunk learning rate of the authors' code
+  (github.com/yassouali/CCT)."""
   return ml_collections.ConfigDict(dict(
       name='sgd', lr=1e-2, momentum=0.9, weight_decay=1e-4, trunk_lr_multiplier=0.1,
       poly_power=0.9))

@@ -1,4 +1,4 @@
-"""The bundled real-data scenes (SPEC 6): tex5 and fashion5 from tiny IDX files."""
+"""The bundled real-data scenes (README "Data"): tex5 and fashion5 from tiny IDX files."""
 
 import numpy as np
 import pytest

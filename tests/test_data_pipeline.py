@@ -1,4 +1,4 @@
-"""Transforms (SPEC 4) and the grain pipelines: determinism, workers, state, processes."""
+"""Transforms (paper sec. 4.1) and the grain pipelines: determinism, workers, state, processes."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Losses of CCT (SPEC 3): values, ignore handling, and where gradients go."""
+"""Losses of CCT (paper sec. 3.2, App. B): values, ignore handling, and where gradients go."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""Ramp-ups, ab-CE threshold, poly learning rate and the optimiser (SPEC 3)."""
+"""Ramp-ups, ab-CE threshold, poly learning rate and the optimiser (paper sec. 3.2, App. B and J)."""
 
 import math
 

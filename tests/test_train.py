@@ -1,4 +1,4 @@
-"""The trainer (SPEC 4, DESIGN.md): data-parallel equivalence, stop and resume, fail fast on
+"""The trainer (paper sec. 3.2 and 4.1): data-parallel equivalence, stop and resume, fail fast on
 NaN, and the command line end to end (train, eval, predict, summary, a config typo).
 
 The in-process runs and the command-line subprocesses all train the same demo smoke model,

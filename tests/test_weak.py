@@ -1,4 +1,4 @@
-"""Weak image-level labels (paper sec. 3.3, SPEC 5): image-label files, CAM thresholds, the
+"""Weak image-level labels (paper sec. 3.3): image-label files, CAM thresholds, the
 weak loss and where its gradients go, and the three commands end to end on tiny fashion5
 scenes (from IDX files written here, so no system dataset is needed)."""
 

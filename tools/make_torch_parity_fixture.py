@@ -2,7 +2,7 @@
 weights and statistics, its state_dict and its per-stage outputs for a fixed input.
 
 The test suite checks, without torch, that the converter plus the Flax trunk reproduce these
-outputs. The torch model is written here from the architecture description (SPEC 1), with
+outputs. The torch model is written here from the architecture description (paper sec. 4.1), with
 the same module names as the authors' deep-stem ResNet and torchvision's resnet50.
 
   /tmp/torch/bin/python tools/make_torch_parity_fixture.py   # needs torch and numpy

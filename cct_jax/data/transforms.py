@@ -36,7 +36,8 @@ def resize(example: dict, height: int, width: int) -> dict:
 
 
 def rescale_long_side(example: dict, long_side: int) -> dict:
-  """Resizes so that the longer side is `long_side`, keeping the aspect ratio (as Ref)."""
+  """Resizes so that the longer side is `long_side`, keeping the aspect ratio (as the
+  authors' code, github.com/yassouali/CCT, does)."""
   h, w = example['image'].shape[:2]
   if h < w:
     return resize(example, int(long_side * h / w + 0.5), long_side)

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from cct_jax import parallel, schedules, state as state_lib, train, weak
+from cct_jax import parallel, progress, schedules, state as state_lib, train, weak
 from cct_jax.data import factory as data_factory
 from cct_jax.data import pipeline
 from cct_jax.data import weak as weak_data
@@ -124,7 +124,9 @@ class ClassifierTrainer(train.Trainer):
 
   def train_one(self, state, step):
     del step
-    return self.step_fn(state, parallel.global_batch(self.mesh, next(self.stream)))
+    batch, waited = progress.timed_next(self.stream)
+    self.writer.add_input_wait(waited)
+    return self.step_fn(state, parallel.global_batch(self.mesh, batch))
 
   def images_per_step(self) -> float:
     return self.config.weak.classifier_batch_size

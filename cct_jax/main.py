@@ -9,7 +9,7 @@
 
 Weak image-level labels (sec. 3.3; README "Weak labels"): --mode=pretrain_cls, then
 --mode=pseudo_labels, then train with --config.model.encoder_from=W/classifier and
---config.data.pseudo_labels=W/pseudo_labels/crf.
+--config.data.pseudo_labels=W/pseudo_labels/two_crfs.
 
 A multi-domain config (one with `domains`, e.g. configs/demo_two_domains.py) trains with
 cct_jax/multidomain.py; --domain picks whose decoders eval (default: all) and predict use.

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cct_jax import evaluate, methods, models, parallel, train
+from cct_jax import evaluate, methods, models, train
 from cct_jax.data import factory as data_factory
 from cct_jax.models.multidomain import decoders_key
 

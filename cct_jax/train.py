@@ -19,7 +19,6 @@ import signal
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -479,13 +478,18 @@ class SingleDomainTrainer(Trainer):
                    out_shardings=(rep, rep), donate_argnums=0)
 
   def draw(self, streams, data_cfg) -> tuple[dict, dict | None]:
-    """The global (labelled, unlabelled) batches of one step from `streams`."""
-    labelled = labelled_batch(self.mesh, next(streams.labelled))
+    """The global (labelled, unlabelled) batches of one step from `streams`; the time spent
+    waiting for them goes on the progress line."""
+    host, waited = progress.timed_next(streams.labelled)
+    labelled = labelled_batch(self.mesh, host)
     keys = self.method.unlabelled_keys(data_cfg)
-    if not keys:
-      return labelled, None
-    host = next(streams.unlabelled)
-    return labelled, parallel.global_batch(self.mesh, {k: host[k] for k in keys})
+    unlabelled = None
+    if keys:
+      host, waited_unlabelled = progress.timed_next(streams.unlabelled)
+      waited += waited_unlabelled
+      unlabelled = parallel.global_batch(self.mesh, {k: host[k] for k in keys})
+    self.writer.add_input_wait(waited)
+    return labelled, unlabelled
 
   def start(self, num_steps: int, first_step: int) -> None:
     logging.info('labelled images: %s', data_factory.split_rule(self.config.data))

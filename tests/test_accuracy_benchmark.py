@@ -109,7 +109,9 @@ def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
   runs = accuracy.plan(['tex5', 'fashion5'], [25, 50], [0, 1, 2], [], weak=True)
   weak = [r for r in runs if r.arm in accuracy.WEAK_ARMS]
   assert {(r.dataset, r.labelled) for r in weak} == {('fashion5', 25)}
-  assert len(weak) == 2 * 3 and runs[-len(weak):] == weak
+  assert len(weak) == 3 * 3 and runs[-len(weak):] == weak
+  # Both rules of a seed one after the other (paired on one classifier), the control last.
+  assert [r.arm for r in weak[:2]] == ['cct_weak', 'cct_weak_one_crf'] and weak[0].seed == weak[1].seed
   config = demo.get_config('fashion5')
   full = accuracy.Run('fashion5', 'cct_weak', 25, 1).commands('runs/accuracy')
   modes = [next((a for a in c if a.startswith('--mode=')), '--mode=train') for c in full]
@@ -117,7 +119,12 @@ def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
   prep = 'runs/accuracy/fashion5/weak_prep/n25/seed1'
   assert [a for c in full for a in c if a.startswith('--workdir=')] == [
       f'--workdir={prep}', f'--workdir={prep}', '--workdir=runs/accuracy/fashion5/cct_weak/n25/seed1']
-  assert f'--config.data.pseudo_labels={prep}/pseudo_labels/crf' in full[-1]
+  assert '--config.weak.pseudo_label_rule=two_crfs' in full[1]
+  assert f'--config.data.pseudo_labels={prep}/pseudo_labels/two_crfs' in full[-1]
+  one_crf = accuracy.Run('fashion5', 'cct_weak_one_crf', 25, 1).commands('runs/accuracy')
+  assert '--config.weak.pseudo_label_rule=one_crf' in one_crf[1]
+  assert f'--config.data.pseudo_labels={prep}/pseudo_labels/one_crf' in one_crf[-1]
+  assert one_crf[0] == full[0]
   assert f'--config.model.encoder_from={prep}/classifier' in full[-1]
   for command in full:
     _assert_config_fields(config, [a for a in command if a.startswith('--config.')])
@@ -127,11 +134,19 @@ def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
 
 
 def test_pseudo_label_scores_are_averaged_and_tabled():
+  scores = {kind: dict(miou=miou, miou_unsure_as_wrong=miou - 0.1, labelled_fraction=share)
+            for kind, miou, share in (('cam', 0.4, 0.6), ('two_crfs', 0.5, 0.8),
+                                      ('one_crf', 0.3, 1.0))}
+  record = accuracy.pseudo_label_record(scores, 'two_crfs')
+  assert record == pytest.approx(dict(
+      cam_miou=0.4, cam_miou_unsure_as_wrong=0.3, cam_labelled_fraction=0.6,
+      refined_miou=0.5, refined_miou_unsure_as_wrong=0.4, refined_labelled_fraction=0.8))
   records = [dict(_record('cct_weak', s, 0.3, dataset='fashion5'),
-                  pseudo_labels={'cam': 0.40 + s / 100, 'crf': 0.50}) for s in (0, 2)]
+                  pseudo_labels=dict(record, cam_miou=0.40 + s / 100)) for s in (0, 2)]
   rows = accuracy.summarise(records)
-  assert rows[0]['pseudo_labels'] == pytest.approx({'cam': 41.0, 'crf': 50.0})
-  assert '| fashion5 | 25 | cct_weak | 41.0 | 50.0 |' in accuracy.markdown(rows)
+  assert rows[0]['pseudo_labels']['cam_miou'] == pytest.approx(41.0)
+  assert '| fashion5 | 25 | cct_weak | 41.0 / 30.0 | 60.0 | 50.0 / 40.0 | 80.0 |' in (
+      accuracy.markdown(rows))
 
 
 def test_two_domain_runs_give_each_domain_and_the_average():

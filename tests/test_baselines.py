@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from cct_jax import baselines, checkpointing, cluster_maps, defaults, methods, models, parallel
+from cct_jax import checkpointing, cluster_maps, defaults, methods, models, parallel
 from cct_jax import perturbations, train
 from cct_jax.methods import input_vat, mean_teacher
 from cct_jax.models import cct

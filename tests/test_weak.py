@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cct_jax import checkpointing, defaults, losses, methods, models, parallel, perturbations
-from cct_jax import state as state_lib, train
-from cct_jax.methods import cct as methods_cct
+from cct_jax import (checkpointing, crf, defaults, losses, methods, models, parallel,
+                     perturbations, state as state_lib, train)
 from cct_jax.data import factory, sources, voc, weak
-from cct_jax import crf
+from cct_jax.methods import cct as methods_cct
 from cct_jax.weak import cams, pseudo_labels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -138,7 +138,7 @@ follow=("${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0
         --command="tail -n 100 -F --pid=\"\$(cat $RUN_DIR/train.pid)\" $RUN_DIR/console.log")
 # Succeeds on a worker where RUN's training process is alive (its process id, not reused
 # by another program since, nor a zombie).
-is_training="ps -o args= -p \"\$(cat $RUN_DIR/train.pid 2>/dev/null)\" 2>/dev/null"
+is_training="ps -ww -o args= -p \"\$(cat $RUN_DIR/train.pid 2>/dev/null)\" 2>/dev/null"
 is_training+=" | grep -q cct_jax.main"
 
 if ((FOLLOW_ONLY)); then

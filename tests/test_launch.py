@@ -28,7 +28,7 @@ case "$*" in
   *"queued-resources create"*) echo ACTIVE > "$STATE/queued" ;;
   *"queued-resources delete"*) rm -f "$STATE/queued" ;;
   *"tpu-vm describe"*) [[ ${FAKE_SLICE:-0} == 1 ]] ;;
-  *"--command=ps -o args="*) [[ ${FAKE_TRAINING:-0} == 1 ]] ;;
+  *"--command=ps -ww -o args="*) [[ ${FAKE_TRAINING:-0} == 1 ]] ;;
 esac''',
     'sbatch': '',
     'srun': '''
@@ -150,7 +150,7 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands_and_runs_nothing(fake_tools)
   # Training starts detached from the SSH session, its console in a log file on each
   # worker (copied to the workdir when it ends), unless that worker trains the run already.
   start = _start_line(gcloud)
-  assert start.startswith('mkdir -p $HOME/cct-runs/voc-1464 && if ps -o args= -p ')
+  assert start.startswith('mkdir -p $HOME/cct-runs/voc-1464 && if ps -ww -o args= -p ')
   words = shlex.split(start)
   detached = shlex.split(words[words.index('setsid') + 3])
   train = detached[detached.index('../cct-venv/bin/python'):detached.index('>>')]
@@ -192,7 +192,7 @@ def test_tpu_pod_attaches_to_a_run_that_trains_already(fake_tools):
   follow = _ssh(_printed(_run(TPU, '--dry-run', *args, env=env).stdout))[-1]
   result = _run(TPU, *args, env=dict(env, FAKE_SLICE='1', FAKE_TRAINING='1'))
   describe, probe, attach = _calls(log)
-  assert describe[4] == 'describe' and _remote(probe).startswith('ps -o args= -p ')
+  assert describe[4] == 'describe' and _remote(probe).startswith('ps -ww -o args= -p ')
   assert attach == follow
   assert 'voc trains on pod already' in result.stdout
 

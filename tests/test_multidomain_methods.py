@@ -16,9 +16,9 @@ def _logged(workdir) -> set[str]:
 
 @pytest.mark.parametrize('mode', ['supervised', 'mean_teacher', 'input_vat'])
 def test_every_method_trains_and_evaluates_on_two_domains(mode, two_domain_config, tmp_path):
-  """The methods besides CCT (tests/test_multidomain.py) in the multi-domain trainer: an iteration
-  per domain with its own unlabelled batch (none for the labels alone), both domains
-  scored; no pictures asked for."""
+  """The methods besides CCT (tests/test_multidomain.py) in the multi-domain trainer: an
+  iteration per domain with its own unlabelled batch (none for the labels alone), both
+  domains scored; no pictures asked for."""
   config = two_domain_config
   config.train.update(mode=mode, num_steps=2, eval_every=2, checkpoint_every=2,
                       num_pictures=0)

@@ -149,13 +149,13 @@ def test_bfloat16_step_computes_in_bf16_keeps_float32_state_and_follows_the_f32_
   config.perturbations.vat.method = 'hvp'
   config.loss.ramp_fraction = 0.0
   rng = np.random.default_rng(0)
-  # 64 x 64: an 8 x 8 feature map, which PSP's 6 bins upsample to (at 32 x 32 they would
-  # be shrunk to 4 x 4, a case the paper's network never meets).
-  images = rng.normal(size=(4, 64, 64, 3)).astype(np.float32)
+  # 48 x 48: a 6 x 6 feature map, as large as PSP's finest bins (at 32 x 32 they would be
+  # shrunk to 4 x 4, a case the paper's network never meets).
+  images = rng.normal(size=(4, 48, 48, 3)).astype(np.float32)
   # Labels that depend on the image, so that the gradient carries signal, not only noise.
   labelled = {'image': images,
               'mask': np.digitize(images[..., 0], [-1, -0.3, 0.3, 1]).astype(np.int32)}
-  unlabelled = {'image': rng.normal(size=(4, 64, 64, 3)).astype(np.float32)}
+  unlabelled = {'image': rng.normal(size=(4, 48, 48, 3)).astype(np.float32)}
   mesh = parallel.data_mesh()
   results = {}
   for dtype in ('float32', 'bfloat16'):
@@ -181,7 +181,7 @@ def test_bfloat16_step_computes_in_bf16_keeps_float32_state_and_follows_the_f32_
   update_16 = flat(bf16.params) - flat(jax.device_get(initial.params))
   cosine = update_16 @ update_32 / (np.linalg.norm(update_16) * np.linalg.norm(update_32))
   # bfloat16 keeps 8 bits of mantissa; the encoder's gradient through batch norm loses
-  # the most (a cosine of 0.95 on this tiny random network; 0.99 for the decoders).
+  # the most (a cosine of 0.92 on this tiny random network; 0.99 for the decoders).
   assert cosine > 0.85, f'the bf16 update points elsewhere (cosine {cosine:.3f})'
 
 

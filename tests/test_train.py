@@ -236,6 +236,13 @@ def test_demo_smoke_trains_evaluates_and_predicts_from_the_command_line(smoke_ru
   # The same (best) checkpoint and the same whole-image inference as the end of training.
   assert _read_json(workdir / 'eval_test.json')['miou'] == pytest.approx(trained['miou'],
                                                                          abs=1e-3)
+  for key in ('confusion_matrix', 'mean_class_accuracy', 'per_class_iou', 'pixel_accuracy'):
+    assert key in trained
+  # A model the checkpoint was not saved from stops before restoring, every change listed.
+  drift = _cli('--config=configs/demo.py:smoke', '--mode=eval', '--config.model.width=16',
+               workdir=workdir, check=False)
+  assert drift.returncode != 0 and 'model.width: 8 in' in drift.stderr
+  assert 'Traceback' not in drift.stderr
 
   images, predictions = tmp_path / 'images', tmp_path / 'predictions'
   images.mkdir()

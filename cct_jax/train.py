@@ -14,6 +14,7 @@ github.com/yassouali/CCT) and trains what the method's term trains, weighted by 
 w_u(t) (Eq. 3). `train.mode` picks the method (methods/).
 """
 
+import abc
 import os
 import signal
 from typing import Any
@@ -95,7 +96,7 @@ def average_tag(results: dict) -> str:
   return 'average/' + '+'.join(sorted({scores['split'] for scores in results.values()}))
 
 
-class Trainer:
+class Trainer(abc.ABC):
   """The phases of a training run. Subclasses provide the hooks below `run`; this class's
   own versions are the segmentation network's (this module's single-domain run and the
   multi-domain one). `self.targets` maps an evaluation target (a domain; None for a
@@ -113,29 +114,33 @@ class Trainer:
     self.eval_steps = {}  # target -> its jitted evaluation step
 
   # Hooks every variant provides.
+  @abc.abstractmethod
   def check_config(self, config) -> None:
-    raise NotImplementedError
+    """Raises on a config the variant cannot run, before anything starts."""
 
+  @abc.abstractmethod
   def num_steps(self) -> int:
-    raise NotImplementedError
+    """The run's number of optimiser steps."""
 
+  @abc.abstractmethod
   def create_state(self, num_steps: int) -> TrainState:
-    raise NotImplementedError
+    """The initial state, replicated on the mesh, for an optimiser of `num_steps`."""
 
+  @abc.abstractmethod
   def start(self, num_steps: int, first_step: int) -> None:
     """Opens the data streams at `first_step` and builds the jitted step."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def train_one(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
     """Draws this step's batches and takes the step."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def images_per_step(self) -> float:
-    raise NotImplementedError
+    """Images one step reads, for the progress line."""
 
+  @abc.abstractmethod
   def stop(self) -> None:
     """Closes the data streams."""
-    raise NotImplementedError
 
   # Hooks with the segmentation network's defaults.
   def loop_config(self) -> ml_collections.ConfigDict:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cct_jax.losses import IGNORE_INDEX
+from cct_jax.labels import IGNORE_INDEX
 
 
 def default_crf_config() -> ml_collections.ConfigDict:

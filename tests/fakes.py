@@ -20,6 +20,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from cct_jax import visualize
 from cct_jax.data import camvid, cityscapes, sunrgbd, voc
 from cct_jax.data.sources import IGNORE_INDEX
 
@@ -112,7 +113,7 @@ def write_voc_folder(root: str, *, num_train: int = 8, num_val: int = 3, num_sbd
     if image_id in train_ids or image_id in val_ids:
       mask_dirs.append('SegmentationClass')
     for mask_dir in mask_dirs:
-      _save(os.path.join(voc_root, mask_dir, f'{image_id}.png'), mask, voc.palette())
+      _save(os.path.join(voc_root, mask_dir, f'{image_id}.png'), mask, visualize.palette())
   lists = {'train.txt': train_ids, 'train_aug.txt': aug_ids, 'val.txt': val_ids}
   for name, listed in lists.items():
     _write_lines(os.path.join(voc_root, 'ImageSets', 'Segmentation', name), listed)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from cct_jax import (checkpointing, crf, defaults, losses, methods, models, parallel,
-                     perturbations, state as state_lib, train)
-from cct_jax.data import factory, sources, voc, weak
+                     perturbations, state as state_lib, train, visualize)
+from cct_jax.data import factory, sources, weak
 from cct_jax.methods import cct as methods_cct
 from cct_jax.weak import cams, pseudo_labels
 
@@ -342,7 +342,7 @@ def test_pretrain_pseudo_labels_and_weak_training_run_end_to_end(weak_run, idx_d
   assert strip.shape == (6 * 64, 5 * 64, 3)
   truth = factory.make_source(_smoke_data_config(idx_dir), 'train_unlabelled',
                               keep_masks=True)[0]
-  palette = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
+  palette = np.asarray(visualize.palette(), np.uint8).reshape(-1, 3)
   np.testing.assert_array_equal(strip[:64, :64], truth['image'])
   np.testing.assert_array_equal(strip[:64, 4 * 64:], palette[truth['mask']])
   crf_labels = np.asarray(Image.open(workdir / 'pseudo_labels' / 'two_crfs' / f'{ids[0]}.png'))

@@ -35,20 +35,6 @@ FINE_TRAIN_LIST = 'ImageSets/Segmentation/train.txt'
 DEFAULT_TRAIN_LIST = 'ImageSets/Segmentation/train_aug.txt'
 
 
-def palette() -> list[int]:
-  """The VOC colour map (bit-interleaved class index), as a flat 768-entry palette."""
-  colours = []
-  for label in range(256):
-    r = g = b = 0
-    for bit in range(8):
-      r |= ((label >> 0) & 1) << (7 - bit)
-      g |= ((label >> 1) & 1) << (7 - bit)
-      b |= ((label >> 2) & 1) << (7 - bit)
-      label >>= 3
-    colours += [r, g, b]
-  return colours
-
-
 def find_root(root: str) -> str:
   """`root` itself, or `root/VOCdevkit/VOC2012` when that exists."""
   nested = os.path.join(root, 'VOCdevkit', 'VOC2012')

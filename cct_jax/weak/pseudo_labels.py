@@ -30,8 +30,8 @@ from PIL import Image
 
 from cct_jax import checkpointing, crf, evaluate, models, progress, visualize
 from cct_jax.data import factory as data_factory
-from cct_jax.data import sources, transforms, voc, weak
-from cct_jax.losses import IGNORE_INDEX
+from cct_jax.data import sources, transforms, weak
+from cct_jax.labels import IGNORE_INDEX
 from cct_jax.weak import CLASSIFIER_DIR, cams, classifier, foreground_of
 
 OUTPUT_DIR = 'pseudo_labels'
@@ -108,7 +108,7 @@ def refined_labels(config, example: dict, labels: dict) -> np.ndarray:
 def _save_png(labels: np.ndarray, path: str) -> None:
   """Written under a temporary name, then renamed: a PNG that exists is complete."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  visualize.label_png(labels, voc.palette()).save(path + '.tmp', format='PNG')
+  visualize.label_png(labels, visualize.palette()).save(path + '.tmp', format='PNG')
   os.replace(path + '.tmp', path)
 
 
@@ -197,7 +197,7 @@ def save_strip(config, model, variables, source, out: str, kinds,
   batch = _padded_batch(config, examples)
   heat = np.asarray(jax.jit(functools.partial(normalised_cams, config, model))(
       variables, batch['image'], batch['present'], batch['valid'])).max(axis=-1)
-  colours = np.asarray(voc.palette(), np.uint8).reshape(-1, 3)
+  colours = np.asarray(visualize.palette(), np.uint8).reshape(-1, 3)
   rows = []
   for example, example_heat in zip(examples, heat):
     h, w = example['image'].shape[:2]

@@ -2,6 +2,11 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell tools/find_python.sh)
+# libtpu (the release that pairs with jax 0.12.0.1) compiles for TPU slices on this machine
+# (--mode=compile). Outside the venv's import path: where jax finds it, every start off a
+# TPU looks for TPU hosts and prints errors. TPU_LIBRARY_PATH=$(LIBTPU) points at it.
+LIBTPU_DIR := $(VENV)/libtpu
+LIBTPU := $(abspath $(LIBTPU_DIR))/libtpu/libtpu.so
 
 .PHONY: demo test clean
 
@@ -13,6 +18,7 @@ $(VENV)/installed: pyproject.toml
 	$(PY) -m pip install --quiet setuptools 'cython>=3,<4'
 	$(PY) -m pip install --quiet --no-build-isolation pydensecrf2==1.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps --target $(LIBTPU_DIR) 'libtpu==0.0.51'
 	@touch $@
 
 DEMO := runs/demo
@@ -32,7 +38,7 @@ demo: $(VENV)/installed
 # Two workers: most of a test's time is XLA compiling, one core each. A test file runs on
 # one worker, so its module fixtures (a trained smoke run) are made once.
 test: $(VENV)/installed
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	TPU_LIBRARY_PATH=$(LIBTPU) $(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs

@@ -23,7 +23,8 @@ PURPOSES = {'resume': 'resume training', 'eval': 'evaluate', 'predict': 'predict
 # a checkpoint's parameters (float32 in every dtype) restore and mean the same whatever
 # they say.
 _MODEL_FIELDS_OUTSIDE_THE_CHECKPOINT = frozenset(
-    {'model.pretrained', 'model.encoder_from', 'model.dtype', 'model.cpu_conv'})
+    {'model.pretrained', 'model.encoder_from', 'model.dtype', 'model.cpu_conv',
+     'model.remat'})
 # Fields that change the train state's tree: the mode (auxiliary decoders, Mean Teacher's
 # teacher), the optimiser's state, the decoders per class count, the discriminator of the
 # adversarial branch, the per-domain batch statistics.

@@ -43,6 +43,19 @@ def eval_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(scales=(1.0,), flip=False, window=0))
 
 
+def compile_config() -> ml_collections.ConfigDict:
+  """`--mode=compile` (compile_report.py): the TPU slice to compile the steps for."""
+  return ml_collections.ConfigDict(dict(
+      # libtpu's topology name: chip kind and chips per dimension, e.g. 'v5e:2x4' (v5e-8),
+      # 'v4:2x2x1' (v4-8), 'v5e:16x16' (v5e-256, 64 hosts).
+      topology='v5e:2x4',
+      # The side of the evaluation batches' square canvas (data/eval_batches.py): VOC's
+      # largest images (500 pixels) go on 512.
+      eval_canvas=512,
+      steps='train,eval',  # the step functions compiled, comma-separated
+  ))
+
+
 def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   """The paper's setting on `dataset`, the model sized for its classes."""
   config = ml_collections.ConfigDict()
@@ -57,6 +70,7 @@ def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   config.train = train_config()
   config.eval = eval_config()
   config.weak = weak.default_weak_config()
+  config.compile = compile_config()
   return config
 
 

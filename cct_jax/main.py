@@ -6,6 +6,8 @@
       --input=DIR --output=DIR
   python -m cct_jax.main --config=configs/voc.py --workdir=runs/voc --mode=summary \
       --config.data.root=VOCdevkit/VOC2012     # parameter counts; checks every file
+  python -m cct_jax.main --config=configs/voc.py --workdir=runs/voc --mode=compile \
+      --config.compile.topology=v5e:2x4       # fits a TPU slice? (needs libtpu)
 
 Weak image-level labels (sec. 3.3; README "Weak labels"): --mode=pretrain_cls, then
 --mode=pseudo_labels, then train with --config.model.encoder_from=W/classifier and
@@ -26,8 +28,8 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from cct_jax import (classify, config_drift, data, multidomain, parallel, predict, summary,
-                     train, writers)
+from cct_jax import (classify, compile_report, config_drift, data, multidomain, parallel,
+                     predict, summary, train, writers)
 from cct_jax.models import pretrained
 from cct_jax.weak import pseudo_labels
 
@@ -35,7 +37,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.DEFINE_enum('mode', 'train',
-                  ['train', 'eval', 'predict', 'summary', 'pretrain_cls', 'pseudo_labels'],
+                  ['train', 'eval', 'predict', 'summary', 'compile', 'pretrain_cls',
+                   'pseudo_labels'],
                   'What to do.')
 flags.DEFINE_string('input', None, 'predict: folder of images.')
 flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
@@ -70,7 +73,7 @@ def main(argv):
   try:
     run(FLAGS.config, FLAGS.workdir)
   except (config_drift.ConfigDriftError, pretrained.PretrainedWeightsError,
-          data.DataError) as error:  # the user's to fix: the message, not a traceback
+          data.DataError, compile_report.LibtpuMissing) as error:  # the user's to fix: the message, not a traceback
     sys.exit(f'error: {error}')
 
 
@@ -97,7 +100,9 @@ def run(config, workdir: str) -> None:
   elif FLAGS.mode == 'pseudo_labels':
     pseudo_labels.write_pseudo_labels(config, workdir)
   elif multi_domain:
-    raise app.UsageError('--mode=summary takes a single-domain config')
+    raise app.UsageError(f'--mode={FLAGS.mode} takes a single-domain config')
+  elif FLAGS.mode == 'compile':
+    compile_report.write_compile_report(config, workdir)
   else:
     summary.write_summary(config, workdir)
     if config.data.root:  # read every file once, listing every problem

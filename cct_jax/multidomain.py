@@ -81,7 +81,7 @@ def model_from_config(config) -> models.MultiDomainCCT:
       num_classes={name: config.domains[name].num_classes for name in domain_names(config)},
       encoder=models.encoder_from_config(config.model), aux_counts=methods.aux_counts(config),
       final_relu=config.model.decoder_final_relu, decoder_width=config.model.decoder_width,
-      adversarial_weight=weight)
+      remat_decoders='decoders' in models.remat_parts(config.model), adversarial_weight=weight)
 
 
 def create_train_state(config, model: models.MultiDomainCCT, num_steps: int, mesh):
@@ -188,9 +188,9 @@ class MultiDomainTrainer(train.SingleDomainTrainer):
         process_count=jax.process_count(),
         start_step=domain_steps_done(first_step, index, len(names)))
                     for index, (name, view) in enumerate(self.targets.items())}
-    self.step_fns = {name: self.jit_step(make_domain_step(self.config, self.model, name,
-                                                          num_steps))
-                     for name in names}
+    self.step_fns = {name: train.jit_train_step(
+        make_domain_step(self.config, self.model, name, num_steps), self.mesh,
+        self.method.uses_unlabelled) for name in names}
 
   def train_one(self, state, step):
     names = tuple(self.targets)

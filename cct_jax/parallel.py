@@ -50,9 +50,10 @@ def batch_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
-def check_global_batch(name: str, global_batch: int) -> None:
-  """The global batch must split evenly over the devices; say so before anything runs."""
-  devices = jax.device_count()
+def check_global_batch(name: str, global_batch: int, devices: int | None = None) -> None:
+  """The global batch must split evenly over the devices (default: all of this run's);
+  say so before anything runs."""
+  devices = devices or jax.device_count()
   if global_batch % devices:
     raise ValueError(
         f'{name}={global_batch} does not divide over {devices} devices; use a multiple of '

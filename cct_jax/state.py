@@ -27,17 +27,20 @@ def variables(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
+def initial(apply_fn: Callable, init_variables: Callable[[jax.Array], dict], tx, key,
+            init_extra: Callable[[dict], dict] = lambda variables: {}) -> TrainState:
+  """`init_variables(key)` -> {'params', 'batch_stats'} with the optimiser `tx` and the
+  method's `init_extra`: a pure function, so `jax.eval_shape` gives the state's shapes."""
+  variables_ = init_variables(key)
+  return TrainState.create(apply_fn=apply_fn, params=variables_['params'],
+                           batch_stats=variables_['batch_stats'], tx=tx,
+                           extra=init_extra(variables_))
+
+
 def create(apply_fn: Callable, init_variables: Callable[[jax.Array], dict], tx, key, mesh,
            init_extra: Callable[[dict], dict] = lambda variables: {}) -> TrainState:
-  """`init_variables(key)` -> {'params', 'batch_stats'} with the optimiser `tx` and the
-  method's `init_extra`, born replicated on `mesh`."""
-
-  def init(key):
-    initial = init_variables(key)
-    return TrainState.create(apply_fn=apply_fn, params=initial['params'],
-                             batch_stats=initial['batch_stats'], tx=tx,
-                             extra=init_extra(initial))
-
+  """`initial`, born replicated on `mesh`."""
+  init = lambda key: initial(apply_fn, init_variables, tx, key, init_extra)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
 
 

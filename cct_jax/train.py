@@ -430,14 +430,26 @@ def make_predict_fn(config, model):
   return predict
 
 
+def state_recipe(config, model, num_steps: int) -> tuple:
+  """The arguments of `state_lib.create` (or `initial`) but the mesh, for `model`."""
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  return (model.apply, lambda k: models.init_variables(model, k, (1, 64, 64, 3)),
+          schedules.make_optimizer(config.optim, num_steps), key,
+          methods.get(config).init_extra)
+
+
 def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
   """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
-  method = methods.get(config)
-  key = jax.random.fold_in(jax.random.key(config.seed), 0)
-  state = state_lib.create(
-      model.apply, lambda k: models.init_variables(model, k, (1, 64, 64, 3)),
-      schedules.make_optimizer(config.optim, num_steps), key, mesh, method.init_extra)
-  return state_lib.with_pretrained_trunk(state, config.model, mesh, method.init_extra)
+  apply_fn, init_variables, tx, key, init_extra = state_recipe(config, model, num_steps)
+  state = state_lib.create(apply_fn, init_variables, tx, key, mesh, init_extra)
+  return state_lib.with_pretrained_trunk(state, config.model, mesh, init_extra)
+
+
+def jit_train_step(step_fn, mesh, uses_unlabelled: bool):
+  """`step_fn` jitted for `mesh`: the state replicated and donated, the batches sharded."""
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, batch, batch if uses_unlabelled else None),
+                 out_shardings=(rep, rep), donate_argnums=0)
 
 
 def labelled_batch(mesh, host_batch: dict) -> dict:
@@ -476,12 +488,6 @@ class SingleDomainTrainer(Trainer):
                                          self.method.init_extra)
     return state
 
-  def jit_step(self, step_fn):
-    rep, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
-    return jax.jit(step_fn, in_shardings=(rep, batch, batch if self.method.uses_unlabelled
-                                          else None),
-                   out_shardings=(rep, rep), donate_argnums=0)
-
   def draw(self, streams, data_cfg) -> tuple[dict, dict | None]:
     """The global (labelled, unlabelled) batches of one step from `streams`; the time spent
     waiting for them goes on the progress line."""
@@ -501,7 +507,8 @@ class SingleDomainTrainer(Trainer):
     self.streams = data_factory.make_train_streams(
         self.config.data, device_count=jax.device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(), start_step=first_step)
-    self.step_fn = self.jit_step(make_train_step(self.config, self.model, num_steps))
+    self.step_fn = jit_train_step(make_train_step(self.config, self.model, num_steps),
+                                  self.mesh, self.method.uses_unlabelled)
 
   def train_one(self, state, step):
     return self.step_fn(state, *self.draw(self.streams, self.config.data))

@@ -1,9 +1,6 @@
 """App. A's baselines (Mean Teacher, input VAT) and the cluster-assumption maps of sec. 3.1."""
 
-import importlib.util
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -183,45 +180,32 @@ def test_cluster_map_heat_map_is_dark_where_the_distance_is_high():
 
 
 # --------------------------------------------------------------------------------------
-# Both baselines from the command line.
+# Both baselines in the single-domain trainer (the multi-domain one:
+# tests/test_multidomain_methods.py; the command line: the demo's smoke run, test_train.py).
 
 
-def _demo_smoke_config():
-  spec = importlib.util.spec_from_file_location('demo_config',
-                                                os.path.join(REPO, 'configs', 'demo.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('smoke')
-
-
-def _cli(*args):
-  result = subprocess.run([sys.executable, '-m', 'cct_jax.main', *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-  if result.returncode:
-    pytest.fail(f'{" ".join(args)} exited with {result.returncode}:\n{result.stderr[-5000:]}')
-
-
-def test_mean_teacher_and_input_vat_train_from_the_command_line(tmp_path):
+def test_mean_teacher_and_input_vat_train_and_evaluate_on_the_demo(tmp_path):
+  config = defaults.load_config_file(os.path.join(REPO, 'configs', 'demo.py'), 'smoke')
+  config.train.update(num_steps=2, num_pictures=0)
   for mode in ('mean_teacher', 'input_vat'):
+    config.train.mode = mode
     workdir = tmp_path / mode
-    _cli('--config=configs/demo.py:smoke', f'--config.train.mode={mode}',
-         f'--workdir={workdir}')
-    results = (workdir / 'results_test.json').read_text()
-    assert '"miou"' in results
+    results = train.train_and_evaluate(config, str(workdir))
+    assert results['step'] == 2 and 0 <= results['miou'] <= 1
+    assert (workdir / 'results_test.json').exists()
     with open(workdir / 'metrics.jsonl') as f:
       unsup = [line for line in f if '"loss_unsup"' in line]
-    assert len(unsup) == 4, f'{mode}: {len(unsup)} steps logged an unsupervised loss'
+    assert len(unsup) == 2, f'{mode}: {len(unsup)} steps logged an unsupervised loss'
 
   # The Mean Teacher checkpoint holds the teacher, and it differs from the student.
-  config = _demo_smoke_config()
   config.train.mode = 'mean_teacher'
   model = models.model_from_config(config.model, methods.aux_counts(config))
   mesh = parallel.data_mesh()
-  shapes = jax.eval_shape(lambda: train.create_train_state(config, model, 4, mesh))
+  shapes = jax.eval_shape(lambda: train.create_train_state(config, model, 2, mesh))
   abstract = checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
   state = checkpointing.restore(
       checkpointing.manager(str(tmp_path / 'mean_teacher' / 'checkpoints')), abstract)
-  assert int(state.step) == 4
+  assert int(state.step) == 2
   teacher, student = _leaves(state.extra['teacher']['params']), _leaves(state.params)
   assert all(np.all(np.isfinite(t)) for t in teacher)
   assert any(not np.allclose(t, s) for t, s in zip(teacher, student))

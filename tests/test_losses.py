@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from cct_jax import losses
+from cct_jax import defaults, losses, methods, models, perturbations
 from cct_jax import perturbations as pt
 from cct_jax.models.decoders import Decoder
 
@@ -163,3 +163,42 @@ def test_consistency_trains_encoder_and_auxiliary_decoders_not_the_main_decoder(
   assert norm(grads['encoder']) > 0.0
   for k in range(len(chosen)):
     assert norm(jax.tree.map(lambda g: g[k], grads['aux'])) > 0.0
+
+
+def test_remat_gives_the_same_unsupervised_and_weak_losses_and_gradients():
+  """model.remat=('trunk', 'decoders'): the trunk's blocks recomputed, the auxiliary
+  decoders run one at a time with their losses taken as each runs (tiny model, VAT's
+  inner gradient and F-Noise): the same terms and parameter gradients as without."""
+  config = defaults.base_config()
+  config.model = models.tiny_model_config(num_classes=5)
+  perturbations.set_counts(config.perturbations, {
+      name: {'vat': 1, 'feature_noise': 2}.get(name, 0)
+      for name in perturbations.decoder_counts(config.perturbations)})
+  config.perturbations.vat.method = 'hvp'
+  rng = np.random.default_rng(1)
+  batch = {'image': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+           'mask': jnp.asarray(rng.integers(0, 5, (2, 32, 32)), jnp.int32)}
+  model = models.model_from_config(config.model, methods.aux_counts(config))
+  variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+
+  def terms_and_grads(remat):
+    config.model.remat = remat
+    methods.check_config(config)
+    model = models.model_from_config(config.model, methods.aux_counts(config))
+    term = methods.get(config).make_term(config, model)
+    total = lambda params: (lambda t: (t['unsup'] + t['weak'], t))(term(
+        params, variables['batch_stats'], {}, batch, jax.random.key(3))[0])
+    return jax.jit(jax.grad(total, has_aux=True))(variables['params'])
+
+  grads, terms = terms_and_grads(())
+  remat_grads, remat_terms = terms_and_grads(('trunk', 'decoders'))
+  assert set(terms) == set(remat_terms) == {'unsup', 'weak'}
+  for name in terms:
+    np.testing.assert_allclose(remat_terms[name], terms[name], rtol=1e-5, err_msg=name)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(remat_grads),
+                          jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(),
+                               err_msg=jax.tree_util.keystr(path))
+  config.loss.pairwise_weight = 1.0
+  with pytest.raises(ValueError, match="pairwise_weight > 0 compares"):
+    methods.check_config(config)

@@ -109,14 +109,14 @@ def _batches(num_classes: int, seed: int):
 @pytest.mark.parametrize('domain_batch_stats', [False, True])
 def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders_alone(
     domain_batch_stats):
-  config = _unit_config()
+  config = _unit_config()  # num_steps=20 as the next test: the same programs, compiled once
   config.domain_batch_stats = domain_batch_stats
   multidomain.check_config(config)
   assert multidomain.domain_names(config) == ('fashion11', 'tex5')
   model = multidomain.model_from_config(config)
   mesh = parallel.data_mesh()
-  state = multidomain.create_train_state(config, model, num_steps=10, mesh=mesh)
-  step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=10))
+  state = multidomain.create_train_state(config, model, num_steps=20, mesh=mesh)
+  step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=20))
           for name in ('tex5', 'fashion11')}
 
   # tex5 first, so that its decoders have momentum when fashion11's step runs.
@@ -146,7 +146,7 @@ def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders
 
   # Without carrying tex5's decoders over, momentum and weight decay would move them.
   plain = jax.jit(train.make_train_step(multidomain.domain_config(config, 'fashion11'),
-                                        model.clone(domain='fashion11'), num_steps=10))
+                                        model.clone(domain='fashion11'), num_steps=20))
   moved, _ = plain(after_tex5, *_batches(11, seed=1))
   assert _differs(moved.params['decoders_tex5'], after_tex5.params['decoders_tex5'])
 

@@ -146,6 +146,11 @@ def _conv_and_matmul_input_dtypes(model, variables, images, **kwargs) -> set[str
 def test_bfloat16_step_computes_in_bf16_keeps_float32_state_and_follows_the_f32_step():
   config = defaults.base_config()
   config.model = models.tiny_model_config(num_classes=5)
+  # The perturbations' three kinds at the paper's counts: VAT's inner gradient, per-sample
+  # random masks, noise (a decoder more in a stack costs no compile time; types do).
+  perturbations.set_counts(config.perturbations, {
+      name: count if name in ('vat', 'dropout', 'feature_noise') else 0
+      for name, count in perturbations.decoder_counts(config.perturbations).items()})
   config.perturbations.vat.method = 'hvp'
   config.loss.ramp_fraction = 0.0
   rng = np.random.default_rng(0)

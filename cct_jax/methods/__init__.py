@@ -57,7 +57,8 @@ class Method:
 
 
 METHODS = {
-    'semi': Method(make_term=cct.make_term, aux_decoders=True, pseudo_labels=True),
+    'semi': Method(make_term=cct.make_term, aux_decoders=True, pseudo_labels=True,
+                   check_config=cct.check_config),
     'supervised': Method(),
     'mean_teacher': Method(make_term=mean_teacher.make_term,
                            init_extra=mean_teacher.init_extra,

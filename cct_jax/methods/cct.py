@@ -5,7 +5,7 @@ pairwise term (App. B), and L_w when the unlabelled batch carries pseudo-labels.
 import jax
 import jax.numpy as jnp
 
-from cct_jax import losses, perturbations
+from cct_jax import losses, models, perturbations
 from cct_jax.models import cct
 
 
@@ -36,15 +36,44 @@ def weak_loss(aux: dict[str, jax.Array], pseudo_labels: jax.Array) -> jax.Array:
              for name, logits in aux.items()) / sum(counts.values())
 
 
+def check_config(config) -> None:
+  if 'decoders' in models.remat_parts(config.model) and config.loss.pairwise_weight > 0:
+    raise ValueError("loss.pairwise_weight > 0 compares the auxiliary decoders' predictions "
+                     "with each other; model.remat 'decoders' keeps one at a time")
+
+
+def per_decoder_losses(config, threshold, pseudo_labels: jax.Array | None):
+  """(logits, main_logits) of one auxiliary decoder -> its L_u (and L_w)."""
+
+  def losses_of(logits, main_logits):
+    values = {'unsup': losses.consistency_loss(logits[None], main_logits,
+                                               config.loss.unsupervised, threshold)}
+    if pseudo_labels is not None:
+      values['weak'] = losses.cross_entropy(
+          cct.resize_logits(logits, pseudo_labels.shape[1:3]), pseudo_labels)
+    return values
+
+  return losses_of
+
+
 def make_term(config, model):
   perturbation_fns = perturbations.build_perturbations(config.perturbations)
+  one_at_a_time = 'decoders' in models.remat_parts(config.model)
+  threshold = (config.loss.confidence_threshold if config.loss.confidence_masking else None)
 
   def term(params, batch_stats, extra, batch, key):
     del extra
+    # With remat of the decoders, each decoder's losses are taken as it runs (each
+    # decoder's mean, averaged over the K: the same sums), so that no K full-resolution
+    # predictions are held at once.
+    per_decoder = (per_decoder_losses(config, threshold, batch.get('mask'))
+                   if one_at_a_time else None)
     (main_u, aux), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
         perturbations=perturbation_fns, key=jax.random.fold_in(key, 0), resize=False,
-        mutable=['batch_stats', 'losses', cct.METRICS])
+        per_decoder=per_decoder, mutable=['batch_stats', 'losses', cct.METRICS])
+    if one_at_a_time:
+      return jax.tree.map(lambda *v: jnp.mean(jnp.concatenate(v)), *aux.values()), updates
     loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
     terms = {'unsup': loss_u}
     if config.loss.pairwise_weight > 0:

@@ -15,6 +15,7 @@ from cct_jax.models.pretrained import FROM_SCRATCH
 from cct_jax.models.resnet import Convolution
 
 CPU_CONV_SETTINGS = ('auto', 'on', 'off')
+REMAT_PARTS = ('trunk', 'decoders')
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -40,6 +41,10 @@ def default_model_config() -> ml_collections.ConfigDict:
       # XLA:CPU's slow kernel gradients: 'on', 'off', or 'auto' (on when the default
       # backend is the CPU). The same sums either way.
       cpu_conv='auto',
+      # Parts whose activations the backward pass computes again instead of keeping
+      # (jax.checkpoint), for memory: 'trunk' (each ResNet block), 'decoders' (each
+      # auxiliary decoder). The same numbers; more FLOPs (--mode=compile shows both).
+      remat=(),
   ))
 
 
@@ -62,6 +67,14 @@ def convolution_from_config(setting: str) -> Convolution:
   return lax.conv_general_dilated
 
 
+def remat_parts(model_cfg) -> frozenset[str]:
+  """`model.remat`, checked."""
+  parts = frozenset(model_cfg.remat)
+  if parts - set(REMAT_PARTS):
+    raise ValueError(f'model.remat takes parts of {REMAT_PARTS}, got {tuple(model_cfg.remat)}')
+  return parts
+
+
 def encoder_from_config(model_cfg) -> Encoder:
   """The shared encoder described by a config's `model` section."""
   return Encoder(
@@ -73,6 +86,7 @@ def encoder_from_config(model_cfg) -> Encoder:
       psp_bins=tuple(model_cfg.psp_bins),
       dtype=jnp.dtype(model_cfg.dtype),
       convolution=convolution_from_config(model_cfg.cpu_conv),
+      remat='trunk' in remat_parts(model_cfg),
   )
 
 
@@ -84,7 +98,8 @@ def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) ->
   """
   return CCT(num_classes=model_cfg.num_classes, encoder=encoder_from_config(model_cfg),
              aux_counts=dict(aux_counts or {}), final_relu=model_cfg.decoder_final_relu,
-             decoder_width=model_cfg.decoder_width)
+             decoder_width=model_cfg.decoder_width,
+             remat_decoders='decoders' in remat_parts(model_cfg))
 
 
 def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:
@@ -94,4 +109,5 @@ def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:
 
 __all__ = ['CCT', 'Classifier', 'Encoder', 'MultiDomainCCT', 'class_activation_maps',
            'classifier_from_config', 'convolution_from_config', 'default_model_config',
-           'encoder_from_config', 'init_variables', 'model_from_config', 'tiny_model_config']
+           'encoder_from_config', 'init_variables', 'model_from_config', 'remat_parts',
+           'tiny_model_config']

@@ -9,6 +9,7 @@ functions come from the caller, so this module knows nothing of how z is perturb
 
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,11 @@ METRICS = 'metrics'
 # decoder as a pure function of z (I-VAT differentiates through it).
 Perturbation = Callable[[jax.Array, jax.Array, jax.Array, Callable[[jax.Array], jax.Array]],
                         jax.Array]
+
+
+# (logits, main_logits) of one auxiliary decoder, float32 at the decoders' resolution
+# -> a pytree of values (its losses), computed as each decoder runs.
+PerDecoder = Callable[[jax.Array, jax.Array], Any]
 
 
 def identity_perturbation(z, key, main_logits, decode):
@@ -73,6 +79,7 @@ class Encoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   # How the trunk's and PSP's convolutions are computed; the same sums either way.
   convolution: Convolution = lax.conv_general_dilated
+  remat: bool = False  # see ResNet.remat
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -82,7 +89,7 @@ class Encoder(nn.Module):
     images fill the batch."""
     canvas = x.shape[1:3]
     features = ResNet(self.stage_sizes, self.width, self.stem, self.output_stride, self.dtype,
-                      self.convolution, name='trunk')(
+                      self.convolution, self.remat, name='trunk')(
                           x.astype(self.dtype), train,
                           zero_padding=padding.zero_padding(sizes, canvas))
     valid = None if sizes is None else padding.extents(sizes, canvas, features.shape[1:3])
@@ -113,11 +120,16 @@ class DecoderStack(nn.Module):
   num_upsamples: int = 3
   decoder_width: int = 0
   dtype: jnp.dtype = jnp.float32
+  # The decoders one after the other, each one's activations computed again in the
+  # backward pass rather than kept (jax.checkpoint): with `per_decoder`, only one
+  # decoder's full-resolution maps are alive at a time, not K of them.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
-               perturb: Perturbation) -> tuple[jax.Array, jax.Array]:
-    """Returns the stacked auxiliary logits (count, B, 8h, 8w, C) and the size of each
+               perturb: Perturbation, per_decoder: PerDecoder | None = None):
+    """Returns the stacked auxiliary logits (count, B, 8h, 8w, C), or with `per_decoder`
+    its values for each decoder's logits stacked (count, ...), and the size of each
     perturbation, ||z~ - z|| per decoder and sample (count, B)."""
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
     decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu,
@@ -130,9 +142,14 @@ class DecoderStack(nn.Module):
       decode = lambda h: decoder.apply({'params': params}, h)
       z_tilde = perturb(z, decoder_key, main_logits, decode)
       size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - z).astype(jnp.float32)), axis=(1, 2, 3)))
-      return decode(z_tilde), size
+      logits = decode(z_tilde)
+      return (logits if per_decoder is None else per_decoder(logits, main_logits)), size
 
-    return jax.vmap(perturb_and_decode)(stack, jax.random.split(key, self.count))
+    keys = jax.random.split(key, self.count)
+    if self.remat:
+      one = jax.checkpoint(perturb_and_decode)
+      return jax.lax.map(lambda args: one(*args), (stack, keys))
+    return jax.vmap(perturb_and_decode)(stack, keys)
 
 
 class AuxiliaryDecoders(nn.Module):
@@ -148,16 +165,18 @@ class AuxiliaryDecoders(nn.Module):
   num_upsamples: int = 3
   decoder_width: int = 0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # see DecoderStack.remat
 
   @nn.compact
-  def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation]):
+  def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation],
+               per_decoder: PerDecoder | None = None):
     aux = {}
     for name, count in self.counts.items():
       if count > 0:
         stack = DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
-                             self.decoder_width, self.dtype, name=name)
+                             self.decoder_width, self.dtype, self.remat, name=name)
         aux[name], sizes = stack(z, perturbation_type_key(key, name), main_logits,
-                                 perturbations[name])
+                                 perturbations[name], per_decoder)
         if not self.is_initializing():
           self.sow(METRICS, f'perturbation_norm_{name}', jnp.mean(sizes))
     return aux
@@ -180,6 +199,7 @@ class CCT(nn.Module):
   aux_counts: Mapping[str, int] = None
   final_relu: bool = True
   decoder_width: int = 0  # see Decoder.width
+  remat_decoders: bool = False  # see DecoderStack.remat
 
   def setup(self):
     upsamples = decoder_upsamples(self.encoder.output_stride)
@@ -187,29 +207,37 @@ class CCT(nn.Module):
     self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu,
                                 self.decoder_width, dtype)
     self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
-                                          self.final_relu, upsamples, self.decoder_width, dtype)
+                                          self.final_relu, upsamples, self.decoder_width, dtype,
+                                          self.remat_decoders)
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
                key: jax.Array | None = None, resize: bool = True,
-               sizes: jax.Array | None = None):
-    """`sizes`: see `Encoder`."""
+               sizes: jax.Array | None = None, per_decoder: PerDecoder | None = None):
+    """`sizes`: see `Encoder`; `per_decoder`: see `decode`."""
     return self.decode(self.encoder(x, train, sizes), x.shape[1:3] if resize else None,
-                       perturbations, key)
+                       perturbations, key, per_decoder)
 
   def decode(self, z: jax.Array, size: Sequence[int] | None,
              perturbations: Mapping[str, Perturbation] | None = None,
-             key: jax.Array | None = None):
+             key: jax.Array | None = None, per_decoder: PerDecoder | None = None):
     """`(main_logits, aux)` at `size` (None: the decoders' resolution) from the encoder's
     output z: the decoders alone, for a caller that runs the encoder itself (the
-    multi-domain model shares one)."""
+    multi-domain model shares one). With `per_decoder`, aux holds its values of each
+    auxiliary decoder's logits, at the decoders' resolution in float32, and the main
+    logits (stop-gradient'ed), stacked per type (K, ...), in place of the logits."""
     main_logits = self.main_decoder(z)
-    aux = {}
-    if perturbations is not None:
-      aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
     to_output = lambda logits: resize_logits(logits.astype(jnp.float32), size or
                                              logits.shape[-3:-1])
-    return to_output(main_logits), {name: to_output(logits) for name, logits in aux.items()}
+    aux = {}
+    if perturbations is not None:
+      per_logits = None if per_decoder is None else (
+          lambda logits, main: per_decoder(logits.astype(jnp.float32), main.astype(jnp.float32)))
+      aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations,
+                              per_logits)
+      if per_decoder is None:
+        aux = {name: to_output(logits) for name, logits in aux.items()}
+    return to_output(main_logits), aux
 
 
 def sown(updates: Sequence[Mapping], collection: str = METRICS) -> dict[str, jax.Array]:

@@ -40,13 +40,15 @@ class MultiDomainCCT(nn.Module):
   aux_counts: Mapping[str, int] = None
   final_relu: bool = True
   decoder_width: int = 0  # see Decoder.width
+  remat_decoders: bool = False  # see DecoderStack.remat
   adversarial_weight: float = 0.0  # lambda_adv of Eq. 12; 0: no discriminator
   domain: str | None = None
 
   def setup(self):
     self.decoders = {
         name: CCT(classes, encoder=self.encoder, aux_counts=self.aux_counts,
-                  final_relu=self.final_relu, decoder_width=self.decoder_width)
+                  final_relu=self.final_relu, decoder_width=self.decoder_width,
+                  remat_decoders=self.remat_decoders)
         for name, classes in self.num_classes.items()}
     if self.adversarial_weight > 0:
       self.discriminator = Discriminator(num_domains=len(self.num_classes))
@@ -54,7 +56,8 @@ class MultiDomainCCT(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
                key: jax.Array | None = None, resize: bool = True,
-               sizes: jax.Array | None = None):
+               sizes: jax.Array | None = None, per_decoder=None):
+    """`per_decoder`: see `CCT.decode`."""
     z = self.encoder(x, train, sizes)
     size = x.shape[1:3] if resize else None
     if self.domain is None:
@@ -73,4 +76,4 @@ class MultiDomainCCT(nn.Module):
       index = list(self.num_classes).index(self.domain)
       domain_ce = losses.cross_entropy(logits, jnp.full(logits.shape[:-1], index, jnp.int32))
       self.sow('losses', 'adversarial', self.adversarial_weight * domain_ce)
-    return self.decoders[self.domain].decode(z, size, perturbations, key)
+    return self.decoders[self.domain].decode(z, size, perturbations, key, per_decoder)

@@ -99,6 +99,9 @@ class ResNet(nn.Module):
   output_stride: int = 8
   dtype: jnp.dtype = jnp.float32  # of the computation; parameters stay float32
   convolution: Convolution = lax.conv_general_dilated
+  # Training keeps only each block's input for the backward pass and computes the rest of
+  # the block again there (jax.checkpoint): less memory, one more forward pass of the trunk.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False,
@@ -119,10 +122,13 @@ class ResNet(nn.Module):
     stages['stem'] = x = max_pool_3x3_s2(zero_padding(x))
 
     layout = stage_strides_and_dilations(self.output_stride)
+    # zero_padding (argument 2, after self) is a function: static. The parameters' names
+    # are the same with and without remat.
+    block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat and train else Bottleneck
     for i, (num_blocks, (stride, first_dilation, dilation)) in enumerate(
         zip(self.stage_sizes, layout, strict=True)):
       for j in range(num_blocks):
-        x = Bottleneck(self.width * 2**i, stride if j == 0 else 1,
+        x = block(self.width * 2**i, stride if j == 0 else 1,
                        first_dilation if j == 0 else dilation, train, self.dtype,
                        self.convolution, name=f'layer{i + 1}_{j}')(x, zero_padding)
       stages[f'layer{i + 1}'] = x

@@ -72,8 +72,8 @@ def main(argv):
                                     FLAGS.process_id)
   try:
     run(FLAGS.config, FLAGS.workdir)
-  except (config_drift.ConfigDriftError, pretrained.PretrainedWeightsError,
-          data.DataError, compile_report.LibtpuMissing) as error:  # the user's to fix: the message, not a traceback
+  except (config_drift.ConfigDriftError, pretrained.PretrainedWeightsError, data.DataError,
+          compile_report.LibtpuMissing) as error:  # the user's to fix: the message, not a traceback
     sys.exit(f'error: {error}')
 
 

@@ -179,7 +179,8 @@ def test_remat_gives_the_same_unsupervised_and_weak_losses_and_gradients():
   batch = {'image': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
            'mask': jnp.asarray(rng.integers(0, 5, (2, 32, 32)), jnp.int32)}
   model = models.model_from_config(config.model, methods.aux_counts(config))
-  variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  variables = jax.jit(lambda k: models.init_variables(model, k, (1, 32, 32, 3)))(
+      jax.random.key(0))
 
   def terms_and_grads(remat):
     config.model.remat = remat

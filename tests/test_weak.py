@@ -169,7 +169,9 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
   config.model = models.tiny_model_config(5)
   counts = dict(dropout=1, feature_noise=2)
   model = models.model_from_config(config.model, counts)
-  variables = models.init_variables(model, jax.random.key(0), (2, 32, 32, 3))
+  # Jitted: op by op, each of the model's hundreds of operations compiles by itself.
+  variables = jax.jit(lambda k: models.init_variables(model, k, (2, 32, 32, 3)))(
+      jax.random.key(0))
   rng = np.random.default_rng(3)
   images = jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32)
   labels = rng.integers(0, 5, (2, 32, 32)).astype(np.int32)
@@ -182,7 +184,7 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
                               mutable=['batch_stats'])
     return methods_cct.weak_loss(aux, labels)
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])
   norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
   assert norm(grads['main_decoder']) == 0
   assert norm(grads['encoder']) > 0
@@ -376,7 +378,7 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
   config.model = models.tiny_model_config(5)
   config.model.output_stride = 4  # as configs/demo.py
   mesh = parallel.data_mesh()
-  model = models.model_from_config(config.model, methods.aux_counts(config))
+  model = models.model_from_config(config.model)  # the encoder and main decoder suffice
   state = train.create_train_state(config, model, 4, mesh)
   loaded = state_lib.with_encoder_from(state, str(workdir / 'classifier'), mesh)
   saved = checkpointing.restore_arrays(str(workdir / 'classifier' / 'checkpoints'))
@@ -388,7 +390,7 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
     np.testing.assert_array_equal(got, want)
   config.model.output_stride = 8
   config.model.psp_features = 16
-  other = models.model_from_config(config.model, methods.aux_counts(config))
+  other = models.model_from_config(config.model)
   with pytest.raises(ValueError, match='its encoder does not match config.model'):
     state_lib.with_encoder_from(train.create_train_state(config, other, 4, mesh),
                             str(workdir / 'classifier'), mesh)

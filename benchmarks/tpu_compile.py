@@ -32,6 +32,7 @@ ROWS = {
     'v5e-8-remat': ('v5e:2x4', 8, 10, True, 'train,eval'),
     'v5e-8-remat-16': ('v5e:2x4', 8, 16, True, 'train'),
     'v5e-8-remat-24': ('v5e:2x4', 8, 24, True, 'train'),
+    'v5e-8-remat-48': ('v5e:2x4', 8, 48, True, 'train'),
     'v6e-8': ('v6e:2x4', 8, 10, False, 'train'),
     'v4-8': ('v4:2x2x1', 4, 10, False, 'train'),
     'v5p-8': ('v5p:2x2x1', 4, 10, False, 'train'),

@@ -9,11 +9,11 @@ onto 1.
 """
 
 import functools
+import logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 
 @functools.cache
@@ -24,13 +24,14 @@ def _one_writer_per_array_on_cpu() -> None:
   compiles) and every later one 0.35 s, for nothing. orbax turns it off on GPUs itself."""
   if jax.default_backend() != 'cpu':
     return
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # orbax warns that a handler is replaced: meant
+  # orbax warns (through absl's logger) that it replaces a handler: meant, so not shown.
+  absl_logger = logging.getLogger('absl')
+  was_disabled, absl_logger.disabled = absl_logger.disabled, True
   try:
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.disabled = was_disabled
 
 
 def manager(directory: str, max_to_keep: int | None = 2) -> ocp.CheckpointManager:

@@ -169,7 +169,7 @@ def test_bfloat16_step_computes_in_bf16_keeps_float32_state_and_follows_the_f32_
     state = train.create_train_state(config, model, 10, mesh)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     assert _conv_and_matmul_input_dtypes(model, variables, labelled['image']) == {dtype}
-    logits, _ = jax.jit(model.apply)(variables, labelled['image'])
+    logits, _ = jax.eval_shape(model.apply, variables, labelled['image'])
     assert logits.dtype == np.float32  # losses are computed in float32
     step = jax.jit(train.make_train_step(config, model, 10))
     new_state, metrics = step(state, labelled, unlabelled)

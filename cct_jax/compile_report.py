@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.experimental import topologies
 
-from cct_jax import evaluate, methods, models, parallel, perturbations, train
+from cct_jax import checkpointing, evaluate, methods, models, parallel, perturbations, train
 from cct_jax import state as state_lib
 from cct_jax.data import factory as data_factory
 
@@ -70,11 +70,6 @@ def topology_devices(topology: str) -> list:
 def devices_per_chip(devices) -> int:
   """Devices that share a chip's coordinates (v4 shows its two TensorCores apiece)."""
   return len(devices) // len({tuple(d.coords) for d in devices})
-
-
-def abstract(tree, sharding):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      tree)
 
 
 def batch_spec(shapes: dict, mesh) -> dict:
@@ -158,7 +153,7 @@ def compile_for_topology(config) -> dict:
   # The schedule's length is a constant of the program; it changes no shape or FLOP.
   num_steps = max(config.train.num_steps, 1)
   apply_fn, init_variables, tx, key, init_extra = train.state_recipe(config, model, num_steps)
-  state = abstract(jax.eval_shape(
+  state = checkpointing.abstract_with_sharding(jax.eval_shape(
       lambda k: state_lib.initial(apply_fn, init_variables, tx, k, init_extra), key),
       parallel.replicated(mesh))
   report = {

@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 
 from cct_jax import data
-from cct_jax.data import pipeline
+from cct_jax.data import factory, pipeline
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 import fakes  # pylint: disable=wrong-import-position
@@ -44,14 +44,14 @@ VOC_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333), (281, 500), (366, 5
 def parse_setting(setting: str) -> tuple[int, int]:
   """'workers:threads' or 'auto' -> the counts passed to the pipeline."""
   if setting == 'auto':
-    return pipeline.AUTO, pipeline.AUTO
+    return factory.AUTO, factory.AUTO
   workers, threads = setting.split(':')
   return int(workers), int(threads)
 
 
 def time_streams(cfg, steps: int) -> float:
   """Seconds for `steps` steps of both streams, after a warm-up (worker start-up)."""
-  streams = data.make_train_streams(cfg)
+  streams = pipeline.make_train_streams(cfg)
   try:
     for _ in range(WARMUP_STEPS):
       next(streams)

@@ -114,7 +114,7 @@ def measure(spec: dict) -> dict:
   import numpy as np
 
   sys.path.insert(0, REPO)
-  from cct_jax import defaults, methods, models, parallel, perturbations, train
+  from cct_jax import defaults, methods, models, parallel, perturbations, train_step
 
   config = defaults.base_config('voc')
   if spec['model'] == 'small':
@@ -133,13 +133,13 @@ def measure(spec: dict) -> dict:
       {'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32)}, sharded)
   result = {}
 
-  def train_step(mode: str, counts: dict | None = None):
+  def time_step(mode: str, counts: dict | None = None):
     config.train.mode = mode
     if counts is not None:
       perturbations.set_counts(config.perturbations, counts)
     model = models.model_from_config(config.model, methods.aux_counts(config))
-    state = train.create_train_state(config, model, 1000, mesh)
-    step_fn = train.make_train_step(config, model, 1000)
+    state = train_step.create_train_state(config, model, 1000, mesh)
+    step_fn = train_step.make_train_step(config, model, 1000)
     step = jax.jit(step_fn, in_shardings=(rep, sharded, sharded), out_shardings=(rep, rep),
                    donate_argnums=0)
     start = time.perf_counter()
@@ -161,20 +161,20 @@ def measure(spec: dict) -> dict:
     return model, holder[0], seconds, compile_s, flops
 
   full_roster = perturbations.decoder_counts(config.perturbations)
-  model, state, semi_s, compile_s, flops = train_step('semi')
+  model, state, semi_s, compile_s, flops = time_step('semi')
   result.update(semi_step_s=semi_s, semi_compile_s=compile_s, semi_flops=flops,
                 semi_images_per_s=2 * batch / semi_s)
   if not spec['semi_only']:
     num_aux = sum(full_roster.values())
-    _, _, one_s, _, _ = train_step('semi', {name: int(name == 'feature_noise')
+    _, _, one_s, _, _ = time_step('semi', {name: int(name == 'feature_noise')
                                             for name in full_roster})
     result.update(one_decoder_step_s=one_s,
                   aux_share=(semi_s - one_s) / semi_s * num_aux / (num_aux - 1))
     perturbations.set_counts(config.perturbations, full_roster)
-    _, _, sup_s, _, _ = train_step('supervised')
+    _, _, sup_s, _, _ = time_step('supervised')
     result.update(supervised_step_s=sup_s, supervised_images_per_s=batch / sup_s)
 
-    predict = jax.jit(train.make_predict_fn(config, model))
+    predict = jax.jit(train_step.make_predict_fn(config, model))
     images = labelled['image']
     infer_s = median_seconds(lambda: jax.block_until_ready(predict(state, images)),
                              spec['warmup'], spec['repeats'])

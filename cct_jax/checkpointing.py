@@ -2,7 +2,7 @@
 
 A checkpoint holds the train state (and, for the best checkpoint, the metrics it was kept
 for). The data streams need no state of their own: they are random-access and rebuilt at
-the restored step (`data.make_train_streams(start_step=...)`), which is exact for any
+the restored step (`pipeline.make_train_streams(start_step=...)`), which is exact for any
 number of workers, processes or devices. Restore targets are abstract (`jax.eval_shape`)
 and carry the current mesh's shardings, so a checkpoint written on 4 devices restores
 onto 1.

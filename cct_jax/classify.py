@@ -60,7 +60,7 @@ def image_label_accuracy(config, model, state, mesh) -> dict:
   split = data_factory.eval_splits(config.data)[0]
   predict = jax.jit(lambda state, images: model.apply(state_lib.variables(state), images)[0] > 0)
   correct, images = [], 0
-  for batch in data_factory.make_eval_dataset(config.data, split):
+  for batch in pipeline.make_eval_dataset(config.data, split):
     host = parallel.pad_host_batch({k: batch[k] for k in ('image', 'valid')},
                                    jax.local_device_count())
     predicted = np.asarray(predict(state, parallel.global_batch(mesh, host)['image']))

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from jax.experimental import topologies
 
-from cct_jax import checkpointing, evaluate, methods, models, parallel, perturbations, train
+from cct_jax import (checkpointing, evaluate, methods, models, parallel, perturbations,
+                     train_step)
 from cct_jax import state as state_lib
 from cct_jax.data import factory as data_factory
 
@@ -152,7 +153,7 @@ def compile_for_topology(config) -> dict:
   model = models.model_from_config(config.model, methods.aux_counts(config))
   # The schedule's length is a constant of the program; it changes no shape or FLOP.
   num_steps = max(config.train.num_steps, 1)
-  apply_fn, init_variables, tx, key, init_extra = train.state_recipe(config, model, num_steps)
+  apply_fn, init_variables, tx, key, init_extra = train_step.state_recipe(config, model, num_steps)
   state = checkpointing.abstract_with_sharding(jax.eval_shape(
       lambda k: state_lib.initial(apply_fn, init_variables, tx, k, init_extra), key),
       parallel.replicated(mesh))
@@ -172,10 +173,10 @@ def compile_for_topology(config) -> dict:
     rows_u = data.batch_size_unlabelled
     unlabelled = (batch_spec({k: {'image': image, 'mask': mask}[k](rows_u)
                               for k in unlabelled_keys}, mesh) if unlabelled_keys else None)
-    train_step = train.jit_train_step(train.make_train_step(config, model, num_steps), mesh,
-                                      method.uses_unlabelled)
+    jitted = train_step.jit_train_step(train_step.make_train_step(config, model, num_steps),
+                                       mesh, method.uses_unlabelled)
     images = data.batch_size_labelled + (rows_u if unlabelled_keys else 0)
-    report['steps']['train'] = compile_step(train_step, (state, labelled, unlabelled), images,
+    report['steps']['train'] = compile_step(jitted, (state, labelled, unlabelled), images,
                                             hbm, peak)
   if 'eval' in steps:
     side, rows = config.compile.eval_canvas, data.eval_batch_size * len(devices)
@@ -184,7 +185,7 @@ def compile_for_topology(config) -> dict:
                         'size': ((rows, 2), np.int32)}, mesh)
     confusion = jax.ShapeDtypeStruct((data.num_classes,) * 2, np.int32,
                                      sharding=parallel.replicated(mesh))
-    eval_step = evaluate.make_eval_step(train.make_predict_fn(config, model),
+    eval_step = evaluate.make_eval_step(train_step.make_predict_fn(config, model),
                                         data.num_classes, mesh)
     report['steps']['eval'] = compile_step(eval_step, (state, confusion, batch), rows, hbm,
                                            peak)

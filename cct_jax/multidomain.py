@@ -5,7 +5,7 @@ One shared encoder; per domain a main decoder and K auxiliary decoders for its o
 (`models.MultiDomainCCT`). Iterations alternate between the domains (in the sorted order of
 their names, as ConfigDict keeps them): iteration t trains domain t mod D on an equal
 labelled + unlabelled batch from that domain's own pair of streams, with the single-domain
-step and loss of Eq. (3) (`train.make_train_step` on the domain's view of the config), so
+step and loss of Eq. (3) (`train_step.make_train_step` on the domain's view of the config), so
 the ramp and learning rate follow the shared iteration count: each domain's ramp over its
 own iterations is the same curve. A domain's step changes the shared encoder, its own
 decoders and the discriminator, and nothing of another domain's decoders: their
@@ -39,8 +39,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cct_jax import evaluate, methods, models, train
-from cct_jax.data import factory as data_factory
+from cct_jax import evaluate, methods, models, train, train_step
+from cct_jax.data import factory as data_factory, pipeline as data_pipeline
 from cct_jax.models.multidomain import decoders_key
 
 
@@ -88,7 +88,7 @@ def create_train_state(config, model: models.MultiDomainCCT, num_steps: int, mes
   """The single-domain initial state; with `domain_batch_stats`, one copy of the encoder's
   BN running statistics per domain, which only that domain's steps update and only its
   evaluation reads."""
-  state = train.create_train_state(config, model, num_steps, mesh)
+  state = train_step.create_train_state(config, model, num_steps, mesh)
   if config.domain_batch_stats:  # Copies: a donated state must not hold a buffer twice.
     state = state.replace(batch_stats={name: jax.tree.map(lambda x: x.copy(), state.batch_stats)
                                        for name in domain_names(config)})
@@ -132,7 +132,7 @@ def make_domain_step(config, model: models.MultiDomainCCT, domain: str, num_step
   switch would also need every domain's batches in one shape, which Cityscapes (512x1024)
   and CamVid (360x480) are not.
   """
-  step_fn = train.make_train_step(domain_config(config, domain), model.clone(domain=domain),
+  step_fn = train_step.make_train_step(domain_config(config, domain), model.clone(domain=domain),
                                   num_steps)
   others = {decoders_key(name) for name in domain_names(config) if name != domain}
 
@@ -162,7 +162,7 @@ class MultiDomainTrainer(train.SingleDomainTrainer):
     return model_from_config(self.config)
 
   def make_predict_fn(self, target):
-    predict = train.make_predict_fn(self.targets[target], self.model.clone(domain=target))
+    predict = train_step.make_predict_fn(self.targets[target], self.model.clone(domain=target))
     return lambda state, images, sizes=None: predict(domain_state(self.config, state, target),
                                                      images, sizes)
 
@@ -183,12 +183,12 @@ class MultiDomainTrainer(train.SingleDomainTrainer):
     names = tuple(self.targets)
     for name, view in self.targets.items():
       logging.info('%s labelled images: %s', name, data_factory.split_rule(view.data))
-    self.streams = {name: data_factory.make_train_streams(
+    self.streams = {name: data_pipeline.make_train_streams(
         view.data, device_count=jax.device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(),
         start_step=domain_steps_done(first_step, index, len(names)))
                     for index, (name, view) in enumerate(self.targets.items())}
-    self.step_fns = {name: train.jit_train_step(
+    self.step_fns = {name: train_step.jit_train_step(
         make_domain_step(self.config, self.model, name, num_steps), self.mesh,
         self.method.uses_unlabelled) for name in names}
 

@@ -1,5 +1,6 @@
-"""Training, written once: the `Trainer` skeleton, CCT's train step, and the single-domain
-run `train_and_evaluate(config, workdir)` (paper sec. 3.2).
+"""Training, written once: the `Trainer` skeleton and the single-domain run
+`train_and_evaluate(config, workdir)` (paper sec. 3.2), around CCT's train step
+(train_step.py, which imports no data library so that the step runs where they are absent).
 
 Every run goes through the same phases (`Trainer.run`): logging, mesh, state, checkpoints
 and resume, data streams and the jitted step, the loop (metrics, the stop on a non-finite
@@ -25,11 +26,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from cct_jax import (checkpointing, config_drift, evaluate, losses, methods, models,
-                     parallel, perturbations, progress, schedules, state as state_lib,
-                     visualize)
-from cct_jax.data import factory as data_factory
-from cct_jax.models import cct as cct_model, pretrained
+from cct_jax import (checkpointing, config_drift, evaluate, methods, models, parallel,
+                     perturbations, progress, state as state_lib, train_step, visualize)
+from cct_jax.data import factory as data_factory, pipeline as data_pipeline
+from cct_jax.models import pretrained
 from cct_jax.state import TrainState
 from cct_jax.writers import MetricWriter
 
@@ -195,7 +195,7 @@ class Trainer(abc.ABC):
     """`target` scored on `split`: (scores, samples; see evaluate.evaluate_split)."""
     view = self.targets[target]
     if (target, split) not in self._eval_sets:
-      self._eval_sets[target, split] = data_factory.make_eval_dataset(
+      self._eval_sets[target, split] = data_pipeline.make_eval_dataset(
           view.data, split, device_count=jax.device_count(),
           process_index=jax.process_index(), process_count=jax.process_count())
     if target not in self.eval_steps:
@@ -347,111 +347,6 @@ def total_steps(config, num_unlabelled: int) -> int:
   return config.train.num_epochs * steps_per_epoch
 
 
-def supervised_loss(config, logits, labels, step, num_steps):
-  if config.loss.supervised == 'ab_ce':
-    threshold = schedules.ab_ce_threshold(
-        step, total_steps=num_steps, num_classes=config.model.num_classes,
-        cap=config.loss.ab_ce.cap, ramp_fraction=config.loss.ab_ce.ramp_fraction)
-    return losses.ab_cross_entropy(logits, labels, threshold)
-  if config.loss.supervised == 'ce':
-    return losses.cross_entropy(logits, labels)
-  raise ValueError(f"loss.supervised must be 'ce' or 'ab_ce', got {config.loss.supervised!r}")
-
-
-def term_weights(config, step, num_steps: int) -> dict:
-  """The weight of each unsupervised term at `step`: w_u(t) for the consistency loss
-  (Eq. 3), w_w(t) for L_w (the same ramp to `loss.weak_weight`), a constant for the
-  pairwise loss."""
-  ramp = lambda final: schedules.ramp_weight(
-      step, final_weight=final, total_steps=num_steps, ramp_fraction=config.loss.ramp_fraction,
-      kind=config.loss.ramp)
-  return {'unsup': ramp(config.loss.unsup_weight), 'weak': ramp(config.loss.weak_weight),
-          'pairwise': config.loss.pairwise_weight}
-
-
-def make_train_step(config, model, num_steps: int):
-  """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
-  method = methods.get(config)
-  unsup_term = method.make_term(config, model) if method.uses_unlabelled else None
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
-
-  def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
-    step = state.step
-    key = jax.random.fold_in(base_key, step)
-
-    def loss_fn(params):
-      (main_l, _), updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, labelled['image'], train=True,
-          mutable=['batch_stats', 'losses', cct_model.METRICS])
-      loss_s = supervised_loss(config, main_l, labelled['mask'], step, num_steps)
-      metrics = {'loss_sup': loss_s}
-      total = loss_s
-      batch_stats = updates['batch_stats']
-      passes = [updates]
-      if unsup_term is not None:
-        terms, updates = unsup_term(params, batch_stats, state.extra, unlabelled, key)
-        batch_stats = updates['batch_stats']
-        passes.append(updates)
-        weights = term_weights(config, step, num_steps)
-        total = total + sum(weights[name] * value for name, value in terms.items())
-        metrics.update({f'loss_{name}': value for name, value in terms.items()})
-        metrics.update({f'{name}_weight': weights[name] for name in terms})
-      for name, value in cct_model.sown(passes, 'losses').items():
-        total = total + value
-        metrics[f'loss_{name}'] = value
-      metrics.update(cct_model.sown(passes))  # diagnostics: the perturbations' sizes
-      metrics['loss'] = total
-      return total, (batch_stats, metrics)
-
-    grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if method.update_extra is not None:
-      state = state.replace(extra=method.update_extra(config, state.extra,
-                                                      state_lib.variables(state)))
-    lr = head_lr(step)
-    metrics.update(lr=lr, lr_trunk=lr * config.optim.trunk_lr_multiplier)
-    return state, metrics
-
-  return step_fn
-
-
-def make_predict_fn(config, model):
-  """(state, images, sizes) -> class probabilities with the configured inference, of the
-  variables the method evaluates (Mean Teacher: its teacher). `sizes` (B, 2): each image's
-  own size in a padded batch, or None."""
-  method = methods.get(config)
-
-  def predict(state, images, sizes=None):
-    variables = method.evaluated(state.extra, state_lib.variables(state))
-    logits_fn = lambda x, sizes: model.apply(variables, x, train=False, sizes=sizes)[0]
-    return evaluate.predict_probs(logits_fn, images, config.eval, sizes)
-
-  return predict
-
-
-def state_recipe(config, model, num_steps: int) -> tuple:
-  """The arguments of `state_lib.create` (or `initial`) but the mesh, for `model`."""
-  key = jax.random.fold_in(jax.random.key(config.seed), 0)
-  return (model.apply, lambda k: models.init_variables(model, k, (1, 64, 64, 3)),
-          schedules.make_optimizer(config.optim, num_steps), key,
-          methods.get(config).init_extra)
-
-
-def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
-  """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
-  apply_fn, init_variables, tx, key, init_extra = state_recipe(config, model, num_steps)
-  state = state_lib.create(apply_fn, init_variables, tx, key, mesh, init_extra)
-  return state_lib.with_pretrained_trunk(state, config.model, mesh, init_extra)
-
-
-def jit_train_step(step_fn, mesh, uses_unlabelled: bool):
-  """`step_fn` jitted for `mesh`: the state replicated and donated, the batches sharded."""
-  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  return jax.jit(step_fn, in_shardings=(rep, batch, batch if uses_unlabelled else None),
-                 out_shardings=(rep, rep), donate_argnums=0)
-
-
 def labelled_batch(mesh, host_batch: dict) -> dict:
   return parallel.global_batch(mesh, {k: host_batch[k] for k in ('image', 'mask')})
 
@@ -470,7 +365,7 @@ class SingleDomainTrainer(Trainer):
 
   def make_predict_fn(self, target):
     del target
-    return make_predict_fn(self.config, self.model)
+    return train_step.make_predict_fn(self.config, self.model)
 
   def check_config(self, config) -> None:
     check_config(config)
@@ -480,7 +375,7 @@ class SingleDomainTrainer(Trainer):
     return total_steps(self.config, num_unlabelled)
 
   def create_state(self, num_steps: int) -> TrainState:
-    return create_train_state(self.config, self.model, num_steps, self.mesh)
+    return train_step.create_train_state(self.config, self.model, num_steps, self.mesh)
 
   def fresh_start(self, state: TrainState) -> TrainState:
     if self.config.model.encoder_from:
@@ -504,11 +399,12 @@ class SingleDomainTrainer(Trainer):
 
   def start(self, num_steps: int, first_step: int) -> None:
     logging.info('labelled images: %s', data_factory.split_rule(self.config.data))
-    self.streams = data_factory.make_train_streams(
+    self.streams = data_pipeline.make_train_streams(
         self.config.data, device_count=jax.device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(), start_step=first_step)
-    self.step_fn = jit_train_step(make_train_step(self.config, self.model, num_steps),
-                                  self.mesh, self.method.uses_unlabelled)
+    self.step_fn = train_step.jit_train_step(
+        train_step.make_train_step(self.config, self.model, num_steps), self.mesh,
+        self.method.uses_unlabelled)
 
   def train_one(self, state, step):
     return self.step_fn(state, *self.draw(self.streams, self.config.data))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from cct_jax import evaluate, main, parallel, predict
-from cct_jax.data import factory
+from cct_jax.data import factory, pipeline
 
 
 flags.DEFINE_string('predict_input', None, 'A folder of images to predict after training.')
@@ -31,7 +31,7 @@ def stand_in_predictor(num_classes: int):
 def fixed_scores(config, workdir: str) -> dict:
   stand_in = stand_in_predictor(config.model.num_classes)
   split = factory.eval_splits(config.data)[-1]
-  dataset = factory.make_eval_dataset(config.data, split, device_count=jax.device_count(),
+  dataset = pipeline.make_eval_dataset(config.data, split, device_count=jax.device_count(),
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count())
   mesh = parallel.data_mesh()

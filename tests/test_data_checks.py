@@ -8,7 +8,7 @@ from PIL import Image
 
 import fakes
 from cct_jax import data
-from cct_jax.data import voc
+from cct_jax.data import pipeline, voc
 
 JPEGS = 'VOCdevkit/VOC2012/JPEGImages'
 MASKS = 'VOCdevkit/VOC2012/SegmentationClassAug'
@@ -121,7 +121,7 @@ def test_greyscale_and_rgba_images_become_rgb(root):
 
 def test_image_smaller_than_crop_is_padded(root):
   cfg = _config(root, crop_size=256, base_size=0)  # Images are at most 120x120.
-  labelled, _ = next(data.make_train_streams(cfg))
+  labelled, _ = next(pipeline.make_train_streams(cfg))
   assert labelled['image'].shape == (10, 256, 256, 3)
   assert (labelled['mask'] == data.IGNORE_INDEX).mean() > 0.5
 

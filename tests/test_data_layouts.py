@@ -8,7 +8,7 @@ from PIL import Image
 
 import fakes
 from cct_jax import data
-from cct_jax.data import camvid, cityscapes, sources, sunrgbd, voc
+from cct_jax.data import camvid, cityscapes, pipeline, sources, sunrgbd, voc
 
 
 def _config(name, root, **overrides):
@@ -42,14 +42,14 @@ LAYOUTS = {  # name: config overrides (small fixed sizes for the no-augmentation
 @pytest.mark.parametrize('name', LAYOUTS)
 def test_layout_through_train_and_eval_pipelines(roots, name):
   cfg = _config(name, roots / name, **LAYOUTS[name])
-  labelled, unlabelled = next(data.make_train_streams(cfg))
+  labelled, unlabelled = next(pipeline.make_train_streams(cfg))
   height, width = tuple(cfg.resize_to) if not cfg.augment else (32, 32)
   assert labelled['image'].shape == (2, height, width, 3)
   assert labelled['image'].dtype == np.float32
   assert labelled['mask'].shape == (2, height, width)
   assert set(unlabelled) == {'image'}
   for split in data.eval_splits(cfg):
-    batches = list(data.make_eval_dataset(cfg, split))
+    batches = list(pipeline.make_eval_dataset(cfg, split))
     assert len(batches) == len(data.make_source(cfg, split))
     for batch in batches:
       mask = batch['mask']

@@ -9,7 +9,7 @@ import pytest
 import fakes
 
 from cct_jax import data
-from cct_jax.data import pipeline, transforms
+from cct_jax.data import factory, pipeline, transforms
 
 
 def _tex5(**overrides):
@@ -101,15 +101,15 @@ def test_workers_give_the_same_batches():
 
 
 def test_state_restores_the_streams_exactly():
-  streams = data.make_train_streams(_tex5())
+  streams = pipeline.make_train_streams(_tex5())
   _take(streams, 3)
   state = json.loads(json.dumps(streams.get_state()))  # As a checkpoint would hold it.
   expected = _take(streams, 4)
-  restored = data.make_train_streams(_tex5())
+  restored = pipeline.make_train_streams(_tex5())
   restored.set_state(state)
   _assert_same_batches(_take(restored, 4), expected)
   # Or, without iterator state, from the step alone (any number of workers).
-  _assert_same_batches(_take(data.make_train_streams(_tex5(), start_step=3), 4), expected)
+  _assert_same_batches(_take(pipeline.make_train_streams(_tex5(), start_step=3), 4), expected)
 
 
 def test_each_epoch_is_reshuffled_and_reaugmented():
@@ -137,22 +137,22 @@ def test_global_batch_does_not_depend_on_the_process_count():
 
 
 def test_batch_must_divide_over_devices():
-  assert data.per_process_batch_size(8, device_count=4, process_count=2) == 4
+  assert pipeline.per_process_batch_size(8, device_count=4, process_count=2) == 4
   with pytest.raises(ValueError, match='data.batch_size_labelled 10 does not divide over '
                                        '4 devices.*e.g. 8'):
-    data.make_train_streams(_tex5(batch_size_labelled=10), device_count=4)
+    pipeline.make_train_streams(_tex5(batch_size_labelled=10), device_count=4)
 
 
 def test_eval_batches_cover_every_example_once():
   cfg = _tex5(eval_batch_size=3)
   n = len(data.make_source(cfg, 'val'))  # 7: two full batches and one of 1 + 2 blanks.
-  batches = list(data.make_eval_dataset(cfg, 'val'))
+  batches = list(pipeline.make_eval_dataset(cfg, 'val'))
   assert [b['valid'].tolist() for b in batches] == [[True] * 3] * 2 + [[True, False, False]]
   assert (batches[-1]['mask'][1:] == data.IGNORE_INDEX).all()
   assert all((b['size'][b['valid']] == 64).all() for b in batches)
 
   # Two processes of 2 devices: global batches of 3 x 4, each process loading half.
-  per_process = [list(data.make_eval_dataset(cfg, 'val', device_count=4, process_index=p,
+  per_process = [list(pipeline.make_eval_dataset(cfg, 'val', device_count=4, process_index=p,
                                              process_count=2)) for p in range(2)]
   assert len(per_process[0]) == len(per_process[1]) == 1  # Same step count everywhere.
   assert per_process[0][0]['image'].shape == (6, 64, 64, 3)
@@ -167,7 +167,7 @@ def test_images_of_many_sizes_fill_every_batch_but_the_last_in_a_few_canvases(tm
   root = fakes.write_voc_folder(str(tmp_path), num_train=2, num_val=21)
   cfg = data.default_data_config('voc')
   cfg.update(root=root, eval_batch_size=2, eval_bucket=32)
-  batches = list(data.make_eval_dataset(cfg, 'val', device_count=2))
+  batches = list(pipeline.make_eval_dataset(cfg, 'val', device_count=2))
   assert [int(b['valid'].sum()) for b in batches] == [4] * 5 + [1]
   canvases = [b['image'].shape[1:3] for b in batches]
   assert canvases == sorted(canvases) and len(set(canvases)) <= 3
@@ -184,7 +184,7 @@ def test_images_of_many_sizes_fill_every_batch_but_the_last_in_a_few_canvases(tm
 
 
 def test_worker_and_thread_counts_follow_the_host_unless_set():
-  auto = data.pipeline.AUTO
+  auto = factory.AUTO
   assert pipeline.input_workers(auto, auto, cores=2) == (0, 2)
   assert pipeline.input_workers(auto, auto, cores=4) == (0, 2)
   assert pipeline.input_workers(auto, auto, cores=16) == (4, 2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cct_jax import data
-from cct_jax.data import dataset, factory, sources
+from cct_jax.data import dataset, factory, pipeline, sources
 
 
 def test_each_config_holds_only_its_own_section():
@@ -93,6 +93,6 @@ def test_a_new_dataset_is_one_declaration_and_one_registry_line(monkeypatch):
   assert data.eval_splits(cfg) == ('eval',)
   assert data.split_rule(cfg) == ('2 labelled drawn by data.split_seed=0 from the 8 '
                                   'striped images; the rest unlabelled')
-  labelled, unlabelled = next(data.make_train_streams(cfg))
+  labelled, unlabelled = next(pipeline.make_train_streams(cfg))
   assert labelled['mask'].shape == (2, 16, 16) and set(unlabelled) == {'image'}
-  assert len(list(data.make_eval_dataset(cfg, 'eval'))) == 3
+  assert len(list(pipeline.make_eval_dataset(cfg, 'eval'))) == 3

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 import fakes
 from cct_jax import data
+from cct_jax.data import pipeline
 
 _TOOL = pathlib.Path(__file__).parents[1] / 'tools' / 'export_tfds.py'
 _spec = importlib.util.spec_from_file_location('export_tfds', _TOOL)
@@ -74,7 +75,7 @@ def test_cityscapes_from_a_prepared_tfds_dataset(tmp_path):
   assert mask.max() <= 255 and set(np.unique(mask)) - {255} <= set(range(19))
   assert len(data.make_source(cfg, 'train_labelled')) == 2
   assert len(data.make_source(cfg, 'train_unlabelled')) == 3
-  labelled, unlabelled = next(data.make_train_streams(cfg))
+  labelled, unlabelled = next(pipeline.make_train_streams(cfg))
   assert labelled['mask'].shape == (10, 8, 16)
   assert unlabelled['image'].shape == (10, 8, 16, 3)
 

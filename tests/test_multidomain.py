@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cct_jax import checkpointing, defaults, losses, multidomain, parallel, perturbations, train
+from cct_jax import (checkpointing, defaults, losses, multidomain, parallel, perturbations,
+                     train_step)
 from cct_jax.models import cct, multidomain as multidomain_model, pretrained
 from cct_jax.models.discriminator import Discriminator, gradient_reversal
 
@@ -145,7 +146,7 @@ def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders
   assert _differs(after_fashion.batch_stats['encoder'], after_tex5.batch_stats['encoder'])
 
   # Without carrying tex5's decoders over, momentum and weight decay would move them.
-  plain = jax.jit(train.make_train_step(multidomain.domain_config(config, 'fashion11'),
+  plain = jax.jit(train_step.make_train_step(multidomain.domain_config(config, 'fashion11'),
                                         model.clone(domain='fashion11'), num_steps=20))
   moved, _ = plain(after_tex5, *_batches(11, seed=1))
   assert _differs(moved.params['decoders_tex5'], after_tex5.params['decoders_tex5'])
@@ -290,7 +291,7 @@ def test_interrupted_two_domain_run_resumes_to_the_uninterrupted_result(
 
   model = multidomain.model_from_config(config)
   mesh = parallel.data_mesh()
-  shapes = jax.eval_shape(lambda: train.create_train_state(config, model, 4, mesh))
+  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, 4, mesh))
   abstract = checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
   final = {run: checkpointing.restore(checkpointing.manager(os.path.join(run, 'checkpoints')),
                                       abstract) for run in (str(smoke_run), workdir)}

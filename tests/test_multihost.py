@@ -24,8 +24,8 @@ from PIL import Image
 
 import fakes
 from cct_jax import (checkpointing, defaults, evaluate, methods, models, parallel,
-                     perturbations, train)
-from cct_jax.data import factory
+                     perturbations, train_step)
+from cct_jax.data import factory, pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, 'tests', 'multihost_worker.py')
@@ -106,7 +106,7 @@ def runs(tmp_path_factory):
 def _initial_state(num_steps: int):
   config = _voc_config()
   model = models.model_from_config(config.model, methods.aux_counts(config))
-  return train.create_train_state(config, model, num_steps, parallel.data_mesh())
+  return train_step.create_train_state(config, model, num_steps, parallel.data_mesh())
 
 
 def _restore(directory, step=None):
@@ -222,7 +222,7 @@ def test_evaluation_batches_are_padded_to_the_devices_and_scored_exactly():
   config.data.generated.sizes = dict(train=64, val=7, test=8)
   config.data.eval_batch_size = 3
   stand_in = multihost_worker.stand_in_predictor(config.model.num_classes)
-  dataset = factory.make_eval_dataset(config.data, 'val', device_count=jax.device_count())
+  dataset = pipeline.make_eval_dataset(config.data, 'val', device_count=jax.device_count())
   mesh = parallel.data_mesh()
   eval_step = evaluate.make_eval_step(stand_in, config.model.num_classes, mesh)
   scores, samples = evaluate.evaluate_split(

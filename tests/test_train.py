@@ -21,7 +21,8 @@ from jax.sharding import AxisType
 from PIL import Image
 
 import fakes
-from cct_jax import checkpointing, defaults, methods, models, parallel, perturbations, train
+from cct_jax import (checkpointing, defaults, methods, models, parallel, perturbations, train,
+                     train_step)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def _abstract_state(config, num_steps: int):
   """A restore target for `config`'s train state, from shapes alone."""
   model = models.model_from_config(config.model, methods.aux_counts(config))
   mesh = parallel.data_mesh()
-  shapes = jax.eval_shape(lambda: train.create_train_state(config, model, num_steps, mesh))
+  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, num_steps, mesh))
   return checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
 
 
@@ -74,7 +75,7 @@ def test_four_device_train_step_equals_one_device_step():
   config.loss.ramp_fraction = 0.0  # the full unsupervised weight from the first step
   num_steps = 10
   model = models.model_from_config(config.model, methods.aux_counts(config))
-  step_fn = train.make_train_step(config, model, num_steps)
+  step_fn = train_step.make_train_step(config, model, num_steps)
 
   rng = np.random.default_rng(0)
   batches = []
@@ -87,7 +88,7 @@ def test_four_device_train_step_equals_one_device_step():
 
   one_device = jax.make_mesh((1,), ('data',), axis_types=(AxisType.Auto,),
                              devices=jax.devices()[:1])
-  initial = jax.device_get(train.create_train_state(config, model, num_steps, one_device))
+  initial = jax.device_get(train_step.create_train_state(config, model, num_steps, one_device))
 
   def run(mesh):
     rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -166,12 +167,12 @@ def test_bfloat16_step_computes_in_bf16_keeps_float32_state_and_follows_the_f32_
   for dtype in ('float32', 'bfloat16'):
     config.model.dtype = dtype
     model = models.model_from_config(config.model, methods.aux_counts(config))
-    state = train.create_train_state(config, model, 10, mesh)
+    state = train_step.create_train_state(config, model, 10, mesh)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     assert _conv_and_matmul_input_dtypes(model, variables, labelled['image']) == {dtype}
     logits, _ = jax.eval_shape(model.apply, variables, labelled['image'])
     assert logits.dtype == np.float32  # losses are computed in float32
-    step = jax.jit(train.make_train_step(config, model, 10))
+    step = jax.jit(train_step.make_train_step(config, model, 10))
     new_state, metrics = step(state, labelled, unlabelled)
     floats = {x.dtype for x in jax.tree.leaves((new_state.params, new_state.opt_state,
                                                 new_state.batch_stats))

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from cct_jax import (checkpointing, crf, defaults, losses, methods, models, parallel,
-                     perturbations, state as state_lib, train, visualize)
-from cct_jax.data import factory, sources, weak
+                     perturbations, state as state_lib, train_step, visualize)
+from cct_jax.data import factory, pipeline, sources, weak
 from cct_jax.methods import cct as methods_cct
 from cct_jax.weak import cams, pseudo_labels
 
@@ -265,12 +265,12 @@ def test_pseudo_label_pngs_become_the_masks_of_the_unlabelled_stream(idx_dir, tm
   with pytest.raises(sources.DataError, match=(
       rf'{tmp_path}: no pseudo-label PNG for 8 image\(s\) of the weak set, e.g. '
       rf'{tmp_path}/{ids[0]}.png; write them with --mode=pseudo_labels')):
-    factory.make_train_streams(cfg)
+    pipeline.make_train_streams(cfg)
   for k, image_id in enumerate(ids):
     labels = np.full((64, 64), 255, np.uint8)
     labels[:8] = k % 5  # the top rows say which image it is
     Image.fromarray(labels).save(weak.pseudo_label_path(str(tmp_path), image_id))
-  streams = factory.make_train_streams(cfg)
+  streams = pipeline.make_train_streams(cfg)
   batch = next(streams.unlabelled)
   streams.close()
   assert batch['mask'].shape == (8, 64, 64) and batch['image'].shape == (8, 64, 64, 3)
@@ -379,7 +379,7 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
   config.model.output_stride = 4  # as configs/demo.py
   mesh = parallel.data_mesh()
   model = models.model_from_config(config.model)  # the encoder and main decoder suffice
-  state = train.create_train_state(config, model, 4, mesh)
+  state = train_step.create_train_state(config, model, 4, mesh)
   loaded = state_lib.with_encoder_from(state, str(workdir / 'classifier'), mesh)
   saved = checkpointing.restore_arrays(str(workdir / 'classifier' / 'checkpoints'))
   for got, want in zip(jax.tree.leaves(loaded.params['encoder']),
@@ -392,5 +392,5 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
   config.model.psp_features = 16
   other = models.model_from_config(config.model)
   with pytest.raises(ValueError, match='its encoder does not match config.model'):
-    state_lib.with_encoder_from(train.create_train_state(config, other, 4, mesh),
+    state_lib.with_encoder_from(train_step.create_train_state(config, other, 4, mesh),
                             str(workdir / 'classifier'), mesh)

@@ -1,4 +1,5 @@
-"""From a data config to sources, transforms and pipelines.
+"""From a data config to sources and transforms (the grain pipelines over them:
+pipeline.py). Imports no data-loading library, so that configs load where none is installed.
 
 Every dataset offers the splits 'train_labelled', 'train_unlabelled' (no masks) and its
 evaluation splits (`eval_splits`). Datasets are plug-ins: a module declares a
@@ -36,15 +37,13 @@ dataset's own section:
 
 import functools
 
-import grain
 import ml_collections
-import numpy as np
 
-from cct_jax.data import (camvid, cityscapes, dataset, eval_batches, fashion5, folder,
-                          pipeline, sources, sunrgbd, tex5, tfds_source, transforms, voc,
-                          weak)
+from cct_jax.data import (camvid, cityscapes, dataset, fashion5, folder, sources, sunrgbd,
+                          tex5, tfds_source, transforms, voc, weak)
 
 TRAIN_SPLITS = dataset.TRAIN_SPLITS
+AUTO = -1  # data.num_workers / data.read_threads: chosen from the host's cores.
 
 DATASETS = {
     'voc': voc.DATASET,
@@ -65,7 +64,7 @@ COMMON_DEFAULTS = dict(
     augment=True, crop_size=320, base_size=400, scale_range=(0.5, 2.0), flip=True,
     resize_to=(0, 0), mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
     batch_size_labelled=10, batch_size_unlabelled=10,
-    shuffle_seed=0, num_workers=pipeline.AUTO, read_threads=pipeline.AUTO, prefetch=4,
+    shuffle_seed=0, num_workers=AUTO, read_threads=AUTO, prefetch=4,
     eval_batch_size=1, eval_bucket=128, image_labels='', pseudo_labels='')
 
 
@@ -205,52 +204,3 @@ def eval_transform(cfg):
   datasets, not padded."""
   return functools.partial(transforms.eval_transform, mean=cfg.mean, std=cfg.std,
                            size=None if cfg.augment else tuple(cfg.resize_to))
-
-
-def make_train_streams(cfg, *, device_count: int = 1, process_index: int = 0,
-                       process_count: int = 1,
-                       start_step: int = 0) -> pipeline.TrainStreams:
-  """The labelled and unlabelled training iterators of this process, from `start_step`.
-
-  `device_count` is the global number of devices; each global batch must divide over
-  them. Pass `jax.device_count()`, `jax.process_index()`, `jax.process_count()`. Either
-  restore the iterators' state, or resume with `start_step` = the restored step.
-  """
-  streams = []
-  for stream, (split, global_batch) in enumerate(
-      (('train_labelled', cfg.batch_size_labelled),
-       ('train_unlabelled', cfg.batch_size_unlabelled))):
-    batch_size = pipeline.per_process_batch_size(
-        global_batch, device_count=device_count, process_count=process_count,
-        name=f'data.batch_size_{split.removeprefix("train_")}')
-    source = make_source(cfg, split)
-    if split == 'train_unlabelled' and cfg.pseudo_labels:
-      source = weak.WithPseudoLabels(source, cfg.pseudo_labels, cfg.num_classes)
-    ds = pipeline.train_dataset(
-        source, train_transform(cfg), batch_size=batch_size,
-        seed=pipeline.stream_seed(cfg.shuffle_seed, stream),
-        process_index=process_index, process_count=process_count, start_step=start_step)
-    streams.append(iter(_prefetched(ds, cfg)))
-  return pipeline.TrainStreams(*streams)
-
-
-def make_eval_dataset(cfg, split: str, *, device_count: int = 1, process_index: int = 0,
-                      process_count: int = 1) -> eval_batches.EvalBatches:
-  """A re-iterable dataset of this process's share of `split`'s evaluation batches
-  ('image', 'mask', 'valid', 'size'; see eval_batches.py), `data.eval_batch_size` images
-  per device: `for batch in ds: ...` at every evaluation."""
-  source = make_source(cfg, split)
-  if cfg.augment:
-    sizes = eval_batches.image_sizes(source)
-  else:
-    sizes = np.tile(np.asarray(cfg.resize_to, np.int64), (len(source), 1))
-  ds = eval_batches.eval_batches(source, eval_transform(cfg), sizes,
-                                 batch_size=cfg.eval_batch_size * device_count,
-                                 bucket=cfg.eval_bucket, process_index=process_index,
-                                 process_count=process_count)
-  return eval_batches.EvalBatches(_prefetched(ds, cfg), len(ds))
-
-
-def _prefetched(ds, cfg) -> grain.IterDataset:
-  return pipeline.prefetched(ds, num_workers=cfg.num_workers,
-                             read_threads=cfg.read_threads, prefetch=cfg.prefetch)

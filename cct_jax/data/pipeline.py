@@ -1,4 +1,5 @@
-"""grain pipelines: the paired training streams (evaluation batches: eval_batches.py).
+"""grain pipelines: the paired training streams, and a data config's streams and evaluation
+batches (`make_train_streams`, `make_eval_dataset`; the batches' layout: eval_batches.py).
 
 Training (a labelled and an unlabelled batch per iteration, paper App. C, Algorithm 1):
 a labelled and an unlabelled stream, each shuffled and repeated with its own seed (the
@@ -26,7 +27,8 @@ from collections.abc import Callable
 import grain
 import numpy as np
 
-AUTO = -1  # data.num_workers / data.read_threads: chosen from the host's cores.
+from cct_jax.data import eval_batches, factory, weak
+from cct_jax.data.factory import AUTO
 
 
 def per_process_batch_size(global_batch: int, *, device_count: int,
@@ -132,3 +134,52 @@ class TrainStreams:
     """Stops worker processes (they also stop when the iterators are collected)."""
     self.labelled.close()
     self.unlabelled.close()
+
+
+def make_train_streams(cfg, *, device_count: int = 1, process_index: int = 0,
+                       process_count: int = 1,
+                       start_step: int = 0) -> TrainStreams:
+  """The labelled and unlabelled training iterators of this process, from `start_step`.
+
+  `device_count` is the global number of devices; each global batch must divide over
+  them. Pass `jax.device_count()`, `jax.process_index()`, `jax.process_count()`. Either
+  restore the iterators' state, or resume with `start_step` = the restored step.
+  """
+  streams = []
+  for stream, (split, global_batch) in enumerate(
+      (('train_labelled', cfg.batch_size_labelled),
+       ('train_unlabelled', cfg.batch_size_unlabelled))):
+    batch_size = per_process_batch_size(
+        global_batch, device_count=device_count, process_count=process_count,
+        name=f'data.batch_size_{split.removeprefix("train_")}')
+    source = factory.make_source(cfg, split)
+    if split == 'train_unlabelled' and cfg.pseudo_labels:
+      source = weak.WithPseudoLabels(source, cfg.pseudo_labels, cfg.num_classes)
+    ds = train_dataset(
+        source, factory.train_transform(cfg), batch_size=batch_size,
+        seed=stream_seed(cfg.shuffle_seed, stream),
+        process_index=process_index, process_count=process_count, start_step=start_step)
+    streams.append(iter(_prefetched(ds, cfg)))
+  return TrainStreams(*streams)
+
+
+def make_eval_dataset(cfg, split: str, *, device_count: int = 1, process_index: int = 0,
+                      process_count: int = 1) -> eval_batches.EvalBatches:
+  """A re-iterable dataset of this process's share of `split`'s evaluation batches
+  ('image', 'mask', 'valid', 'size'; see eval_batches.py), `data.eval_batch_size` images
+  per device: `for batch in ds: ...` at every evaluation."""
+  source = factory.make_source(cfg, split)
+  if cfg.augment:
+    sizes = eval_batches.image_sizes(source)
+  else:
+    sizes = np.tile(np.asarray(cfg.resize_to, np.int64), (len(source), 1))
+  ds = eval_batches.eval_batches(source, factory.eval_transform(cfg), sizes,
+                                 batch_size=cfg.eval_batch_size * device_count,
+                                 bucket=cfg.eval_bucket, process_index=process_index,
+                                 process_count=process_count)
+  return eval_batches.EvalBatches(_prefetched(ds, cfg), len(ds))
+
+
+def _prefetched(ds, cfg) -> grain.IterDataset:
+  return prefetched(ds, num_workers=cfg.num_workers, read_threads=cfg.read_threads,
+                    prefetch=cfg.prefetch)

@@ -11,16 +11,23 @@ stores the splits under our split names, the labelled set as the exporting confi
 it, and masks of class ids 0..num_classes-1.
 """
 
+import importlib
+
 import numpy as np
-import tensorflow_datasets as tfds
 
 from cct_jax.data import dataset, sources
+
+
+def _tfds():
+  """tensorflow_datasets, imported when a TFDS dataset is read: the config registry
+  (factory.py) imports this module and must load where tfds is not installed."""
+  return importlib.import_module('tensorflow_datasets')
 
 
 def split_names(name: str, data_dir: str = '') -> tuple[str, ...]:
   """The splits stored for a prepared TFDS dataset."""
   try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
+    builder = _tfds().builder(name, data_dir=data_dir or None)
   except Exception as e:  # tfds raises several types for a dataset it cannot find.
     raise _not_prepared(name, '', data_dir, e) from e
   return tuple(builder.info.splits.keys())
@@ -51,6 +58,7 @@ class TfdsSource:
   def _open(self):
     image_key, mask_key, _ = self.keys
     try:
+      tfds = _tfds()
       return tfds.data_source(
           self.name, split=self.split, data_dir=self.data_dir or None, download=False,
           decoders={image_key: tfds.decode.SkipDecoding(),

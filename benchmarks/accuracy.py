@@ -487,14 +487,13 @@ def main():
   runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
               weak=args.weak, two_domains=args.two_domains)
   planned = len(runs)
-  recorded = load_records(results_stem(args.quick) + '.json')
-  kept = records_outside(runs, recorded)
-  recorded = [] if args.fresh else recorded
+  earlier = load_records(results_stem(args.quick) + '.json')
+  recorded = [] if args.fresh else earlier
   done = lambda run: (os.path.isfile(results_path(run, args.workdir)) or
                       recorded_scores(run, recorded, command_lines(run, args.workdir)))
   if args.report:
     runs = [run for run in runs if done(run)]
-  records, started, trained = list(kept), time.time(), 0
+  records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
     commands = command_lines(run, args.workdir)
@@ -510,14 +509,16 @@ def main():
     print(f'[{index}/{len(runs)}] {run.name}: test mIoU {100 * scores["miou"]:.1f} '
           f'({"done before" if was_done else f"{time.time() - began:.0f} s"}{eta})',
           flush=True)
-    # After every run, so that an interrupted benchmark leaves what it has measured.
+    # After every run, so that an interrupted benchmark leaves what it has measured, and
+    # what earlier invocations measured outside the runs it has reached.
+    kept = records_outside(runs[:index], earlier)
     meta = dict(
         command=' '.join(['benchmarks/accuracy.py'] + sys.argv[1:]),
         runs_reported=f'{index} of {planned} planned, {len(kept)} kept from earlier invocations',
         config=CONFIG, setting=SETTING,
         minutes_this_invocation=(time.time() - started) / 60)
-    write_outputs(records, summarise(records), args.quick, meta, verbose=index == len(runs))
-
+    write_outputs(kept + records, summarise(kept + records), args.quick, meta,
+                  verbose=index == len(runs))
 
 if __name__ == '__main__':
   main()

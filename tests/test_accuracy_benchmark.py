@@ -1,7 +1,9 @@
 """benchmarks/accuracy.py: its plan, arms and summary (the runs themselves are the benchmark)."""
 
 import importlib.util
+import json
 import os
+import sys
 
 import pytest
 
@@ -195,6 +197,35 @@ def test_an_invocation_over_a_subset_keeps_the_other_sets_records():
   kept = accuracy.records_outside([two, accuracy.Run('tex5', 'cct', 25, 0)], records)
   assert [(r['dataset'], r['arm']) for r in kept] == [('fashion5', 'cct_weak')]
   assert accuracy.records_outside([weak], records) == records[1:]  # every domain's record
+
+
+def test_an_interrupted_invocation_keeps_earlier_records_of_the_runs_it_has_not_reached(
+    tmp_path, monkeypatch):
+  first, later = accuracy.Run('tex5', 'supervised', 25, 0), accuracy.Run('tex5', 'cct', 25, 0)
+  # Recorded with another command line, so this invocation trains `later` again.
+  earlier = accuracy.records_of(later, {'miou': 0.5, 'per_class_iou': {}}, ['older command'])
+  for name in ('RESULTS_DIR', 'DOCS_DIR'):
+    monkeypatch.setattr(accuracy, name, str(tmp_path))
+  with open(accuracy.results_stem(False) + '.json', 'w') as f:
+    json.dump({'runs': earlier}, f)
+  monkeypatch.setattr(accuracy, 'plan', lambda *args, **kwargs: [first, later])
+
+  def execute(run, workdir):
+    del workdir
+    if run == later:
+      raise KeyboardInterrupt  # the benchmark stopped while `later` trained
+    return {'miou': 0.4, 'per_class_iou': {}}
+
+  monkeypatch.setattr(accuracy, 'execute', execute)
+  monkeypatch.setattr(sys, 'argv', ['accuracy.py', '--datasets=tex5',
+                                    f'--workdir={tmp_path / "runs"}'])
+  with pytest.raises(KeyboardInterrupt):
+    accuracy.main()
+  with open(accuracy.results_stem(False) + '.json') as f:
+    saved = json.load(f)
+  assert sorted((r['arm'], r['miou']) for r in saved['runs']) == [('cct', 0.5),
+                                                                  ('supervised', 0.4)]
+  assert saved['runs_reported'] == '1 of 2 planned, 1 kept from earlier invocations'
 
 
 def test_table4_arranges_the_baselines_by_dataset_and_budget():

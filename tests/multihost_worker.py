@@ -32,8 +32,8 @@ def fixed_scores(config, workdir: str) -> dict:
   stand_in = stand_in_predictor(config.model.num_classes)
   split = factory.eval_splits(config.data)[-1]
   dataset = pipeline.make_eval_dataset(config.data, split, device_count=jax.device_count(),
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
   mesh = parallel.data_mesh()
   eval_step = evaluate.make_eval_step(stand_in, config.model.num_classes, mesh)
   scores, samples = evaluate.evaluate_split(

@@ -228,7 +228,9 @@ def main():
                       help="the authors' code (default: $CCT_REF)")
   parser.add_argument('--refcheck', default=os.path.join(REPO, 'refcode', 'refcheck',
                                                          'ref_bench.py'))
-  parser.add_argument('--child_timeout_s', type=float, default=150)
+  # Within the 6 minutes of one call: a part that runs out is reported, the rest kept.
+  parser.add_argument('--child_timeout_s', type=float, default=140)
+  parser.add_argument('--reference_timeout_s', type=float, default=60)
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -242,7 +244,7 @@ def main():
     rows.append(run_child(spec, args.child_timeout_s))
   ref = ({'skipped': 'not in a smoke run'} if args.smoke else
          reference(args.refcheck, args.cct_ref, setting['batch'], setting['size'],
-                   setting['repeats'], args.child_timeout_s))
+                   setting['repeats'], args.reference_timeout_s))
   output = dict(command=' '.join(['benchmarks/gpu_check.py'] + sys.argv[1:]),
                 setting=setting, goals=GOALS, rows=rows, reference=ref)
   bf16 = next((r for r in rows if r.get('dtype') == 'bfloat16' and 'error' not in r), None)

@@ -152,12 +152,13 @@ if [[ -n ${SLURM_JOB_ID:-} ]]; then
   trap 'stop_steps "$SLURM_JOB_ID"' TERM INT
   run "${srun_command[@]}" &
   step=$!
-  # A trapped signal ends `wait` early; wait again until srun itself has ended.
-  while true; do
-    status=0
-    wait "$step" || status=$?
-    kill -0 "$step" 2>/dev/null || break
+  # A trapped signal ends `wait` early (with 128 + its number): wait until srun itself has
+  # ended, then take its own status (bash keeps it after the process is reaped).
+  while kill -0 "$step" 2>/dev/null; do
+    wait "$step" || true
   done
+  status=0
+  wait "$step" || status=$?
   if ((requeue && status == 0)); then
     echo "stopped $GRACE s before the time limit; requeueing job $SLURM_JOB_ID to resume"
     run scontrol requeue "$SLURM_JOB_ID"

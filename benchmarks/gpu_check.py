@@ -93,13 +93,7 @@ def measure(spec: dict) -> dict:
   device = jax.local_devices()[0]
   batch, size = spec['batch'] * jax.device_count(), spec['size']
   rng = np.random.default_rng(0)
-  sharded = parallel.batch_sharded(mesh)
-  labelled = jax.device_put({
-      'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-      'mask': rng.integers(0, config.model.num_classes, (batch, size, size)).astype(np.int32)},
-      sharded)
-  unlabelled = jax.device_put(
-      {'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32)}, sharded)
+  labelled, unlabelled = speed.random_batches(rng, mesh, batch, size, config.model.num_classes)
 
   model = models.model_from_config(config.model, methods.aux_counts(config))
   num_steps = 1000

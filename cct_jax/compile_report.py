@@ -10,9 +10,11 @@ bf16 peak. A step that does not fit is reported with XLA's numbers, not raised.
 """
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import time
 
 import jax
@@ -55,12 +57,26 @@ class LibtpuMissing(RuntimeError):
   """libtpu, which compiles for TPUs, is not installed."""
 
 
+def libtpu_requirement() -> str | None:
+  """The libtpu release the installed jax pairs with, as its `tpu` extra names it (e.g.
+  'libtpu==0.0.53.*'), or None where its metadata names none."""
+  for requirement in importlib.metadata.requires('jax') or ():
+    spec, _, marker = requirement.partition(';')
+    if (re.match(r'libtpu(?![\w.-])', spec.strip())
+        and re.search(r'extra\s*==\s*[\'"]tpu[\'"]', marker)):
+      return spec.replace(' ', '')
+  return None
+
+
 def topology_devices(topology: str) -> list:
   library = os.environ.get('TPU_LIBRARY_PATH')
   if not (library and os.path.isfile(library)) and not importlib.util.find_spec('libtpu'):
+    pairing = libtpu_requirement()
+    install = f"`pip install '{pairing}'`, " if pairing else ''
     raise LibtpuMissing(
-        '--mode=compile needs libtpu: `pip install libtpu==0.0.51` (for jax 0.12.0.1), or '
-        'TPU_LIBRARY_PATH=path/to/libtpu.so (`make test` installs one in .venv/libtpu)')
+        f'--mode=compile needs libtpu: {install}the release that pairs with jax '
+        f'{jax.__version__}, or TPU_LIBRARY_PATH=path/to/libtpu.so (`make test` installs one '
+        'in .venv/libtpu)')
   # Without it libtpu asks the GCE metadata server, which is not there off Cloud TPU.
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
   # libtpu takes a lock that keeps a second process off the chips; compiling uses none.

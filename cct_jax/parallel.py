@@ -34,6 +34,13 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+  # Every process must run the same executable of a program with collectives: XLA derives
+  # the collectives' run id from it. jax's persistent cache is written by process 0 alone
+  # and read by all, so a program compiled again (or a host's own cache folder) mixed
+  # executables read from the cache with fresh compiles, whose run ids differed under
+  # jax 0.12.1: each process then waited in a different all-reduce for ever (README,
+  # "Several processes").
+  jax.config.update('jax_enable_compilation_cache', False)
   logging.info('process %d of %d: %d local devices, %d in all', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from etils import epath
 from flax.training import train_state
 
@@ -32,9 +33,13 @@ def initial(apply_fn: Callable, init_variables: Callable[[jax.Array], dict], tx,
   """`init_variables(key)` -> {'params', 'batch_stats'} with the optimiser `tx` and the
   method's `init_extra`: a pure function, so `jax.eval_shape` gives the state's shapes."""
   variables_ = init_variables(key)
-  return TrainState.create(apply_fn=apply_fn, params=variables_['params'],
-                           batch_stats=variables_['batch_stats'], tx=tx,
-                           extra=init_extra(variables_))
+  state = TrainState.create(apply_fn=apply_fn, params=variables_['params'],
+                            batch_stats=variables_['batch_stats'], tx=tx,
+                            extra=init_extra(variables_))
+  # flax starts the step as a Python 0, which jit makes a weak-typed int32; a restored
+  # checkpoint's step is strongly typed. Both kinds would be separate programs: the final
+  # report's evaluation of the restored best state compiled every evaluation step again.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def create(apply_fn: Callable, init_variables: Callable[[jax.Array], dict], tx, key, mesh,

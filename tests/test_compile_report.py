@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from cct_jax import compile_report, defaults, perturbations
@@ -83,3 +84,22 @@ def test_a_global_batch_that_does_not_divide_over_the_slice_is_refused_by_name()
 def test_an_unknown_chip_kind_is_refused_with_the_kinds_known():
   with pytest.raises(ValueError, match="chip kind must be one of .*'v5e'"):
     compile_report.compile_for_topology(_smoke_config('v3:2x2'))
+
+
+@pytest.mark.parametrize('requires, install', [
+    (['numpy>=2.2', 'libtpu==0.0.53.*; extra == "tpu"', 'requests; extra == "tpu"'],
+     "`pip install 'libtpu==0.0.53.*'`, the release that pairs with jax "),
+    (['numpy>=2.2', 'libtpu-nightly; extra == "tpu"'],
+     'needs libtpu: the release that pairs with jax '),
+])
+def test_without_libtpu_the_message_names_the_release_jax_pairs_with(
+    monkeypatch, requires, install):
+  """The pairing is read from jax's metadata (its `tpu` extra); without one, a plain
+  message."""
+  monkeypatch.delenv('TPU_LIBRARY_PATH', raising=False)
+  monkeypatch.setattr(compile_report.importlib.util, 'find_spec', lambda name: None)
+  monkeypatch.setattr(compile_report.importlib.metadata, 'requires',
+                      lambda name: requires if name == 'jax' else [])
+  with pytest.raises(compile_report.LibtpuMissing) as error:
+    compile_report.topology_devices('v5e:2x2')
+  assert install + jax.__version__ in str(error.value)

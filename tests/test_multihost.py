@@ -238,3 +238,17 @@ def test_evaluation_batches_are_padded_to_the_devices_and_scored_exactly():
   assert confusion.sum() > 0
   assert scores == evaluate.scores(confusion, factory.class_names(config.data))
   assert len(samples['image']) == 7
+
+
+def test_a_restored_state_has_the_types_of_the_trained_one(tmp_path):
+  """The final report evaluates the restored best state with the programs that model
+  selection compiled for the trained one: any difference of type (a weak-typed step was
+  one) compiles them again, and in a run of several processes a program compiled again
+  must come out the same on every process."""
+  state = _initial_state(2)
+  checkpointing.save(checkpointing.manager(str(tmp_path)), 1, state)
+  restored = _restore(tmp_path, 1)
+  aval = lambda x: jax.typeof(x)  # shape, dtype and weak type
+  assert jax.tree.leaves(jax.tree.map(aval, restored)) == jax.tree.leaves(
+      jax.tree.map(aval, state))
+  assert not jax.typeof(state.step).weak_type

@@ -7,6 +7,11 @@ real run shards them (parallel.py), and XLA's memory and cost analyses of the co
 programs give, per device: the bytes of the arguments, outputs and temporaries against
 its HBM, the FLOPs of one step, and so a lower bound on the step's time at the chip's
 bf16 peak. A step that does not fit is reported with XLA's numbers, not raised.
+
+How fast: the compiled TPU program carries the compiler's own performance model, an
+estimated cycle count per instruction; their sum over the step (loop bodies once per trip)
+at the chip's clock is XLA's estimate of the step time, with its costliest instructions
+and the model code they come from. A model, not a measurement: no TPU is here to run it.
 """
 
 import dataclasses
@@ -33,15 +38,27 @@ GIB = 2**30
 class Chip:
   hbm_bytes: int  # per chip
   bf16_flops: float  # peak per chip, per second
-  source: str
+  hbm_bandwidth: float  # bytes per second, per chip
+  source: str  # the page of the three figures above
+  clock_hz: float  # converts XLA's estimated cycles to seconds
+  clock_source: str
 
 
 # The topology name's prefix (e.g. 'v5e' of 'v5e:2x4') -> the chip's published figures.
+# No page gives a clock: it is the bf16 peak over the MXUs' multiply-adds per cycle
+# (2 FLOP each), with the MXUs the pages name. On a 4096^3 bf16 matmul libtpu's cycle
+# estimate at these clocks is within 4% (v5e, v5p) and 8% (v4) of the FLOPs at peak.
 CHIPS = {
-    'v4': Chip(32 * GIB, 275e12, 'https://cloud.google.com/tpu/docs/v4'),
-    'v5e': Chip(16 * GIB, 197e12, 'https://cloud.google.com/tpu/docs/v5e'),
-    'v5p': Chip(95 * GIB, 459e12, 'https://cloud.google.com/tpu/docs/v5p'),
-    'v6e': Chip(32 * GIB, 918e12, 'https://cloud.google.com/tpu/docs/v6e'),
+    'v4': Chip(32 * GIB, 275e12, 1200e9, 'https://cloud.google.com/tpu/docs/v4', 1.05e9,
+               '275 TFLOP/s over 2 TensorCores x 4 MXUs x 128 x 128 x 2 FLOP'),
+    'v5e': Chip(16 * GIB, 197e12, 819e9, 'https://cloud.google.com/tpu/docs/v5e', 1.5e9,
+                '197 TFLOP/s over 4 MXUs x 128 x 128 x 2 FLOP'),
+    'v5p': Chip(95 * GIB, 459e12, 2765e9, 'https://cloud.google.com/tpu/docs/v5p', 1.75e9,
+                '459 TFLOP/s over 2 TensorCores x 4 MXUs x 128 x 128 x 2 FLOP'),
+    # The page's two 256x256 MXUs would mean 3.5 GHz, at which libtpu's own cycle count
+    # for a large matmul beats the peak; 4 MXUs' worth is the assumption that does not.
+    'v6e': Chip(32 * GIB, 918e12, 1638e9, 'https://cloud.google.com/tpu/docs/v6e', 1.75e9,
+                'assumed: 918 TFLOP/s over 4 x 256 x 256 x 2 FLOP (no clock published)'),
 }
 
 
@@ -107,32 +124,138 @@ def memory_bytes(compiled) -> dict[str, int]:
   return held
 
 
-def flops_of(compiled) -> float:
+def cost_of(compiled) -> dict:
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops'])
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
-def compile_step(jitted, args: tuple, images: int, hbm_bytes: int,
-                 peak_flops: float) -> dict:
-  """Compiles `jitted` for `args`; the per-device memory, FLOPs and bound on step time,
-  or, where XLA finds it does not fit, its message."""
+def per_device(chip: Chip, devices_on_chip: int) -> Chip:
+  """A device's share of `chip` (v4's TensorCores split it; the clock is the chip's)."""
+  return dataclasses.replace(chip, hbm_bytes=chip.hbm_bytes // devices_on_chip,
+                             bf16_flops=chip.bf16_flops / devices_on_chip,
+                             hbm_bandwidth=chip.hbm_bandwidth / devices_on_chip)
+
+
+# XLA:TPU's compiled HLO text: each scheduled instruction's backend config carries the
+# compiler's cost model's "estimated_cycles"; while loops carry their trip count only
+# sometimes ("known_trip_count"), so it is also read from the loop's condition.
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.-]+) = .*? ([a-z][\w-]*)\(')
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLEES = re.compile(r'\b(condition|body|to_apply|branch_computations|true_computation|'
+                      r'false_computation)=\{?(%[\w.-]+(?:, %[\w.-]+)*)')
+_COUNTER_BOUND = re.compile(r'compare\(%[\w.-]+, %([\w.-]+)\), direction=LT')
+_CONSTANT = re.compile(r'constant\((\d+)\)')
+
+
+def hlo_computations(text: str) -> tuple[dict[str, list[str]], str]:
+  """HLO module text -> ({computation: its instruction lines}, the entry's name)."""
+  computations, entry, lines = {}, None, None
+  for line in text.splitlines():
+    if line.endswith('{') and line[:1] not in ('', ' '):
+      is_entry = line.startswith('ENTRY ')
+      name = line.split()[1 if is_entry else 0].lstrip('%')
+      entry = name if is_entry else entry
+      lines = computations[name] = []
+    elif lines is not None and line.startswith(' '):
+      lines.append(line)
+  return computations, entry
+
+
+def trip_count(while_line: str, computations: dict[str, list[str]]) -> int:
+  """A while loop's trips: the compiler's count, else the bound its condition compares the
+  counter against (jax's loops count from 0 by 1)."""
+  known = _KNOWN_TRIPS.search(while_line)
+  if known:
+    return int(known.group(1))
+  condition = computations[dict(_CALLEES.findall(while_line))['condition'].lstrip('%')]
+  named = {match.group(1): line for line in condition
+           if (match := _INSTRUCTION.match(line))}
+  for line in condition:
+    bound = _COUNTER_BOUND.search(line)
+    constant = bound and _CONSTANT.search(named.get(bound.group(1), ''))
+    if constant:
+      return int(constant.group(1))
+  raise ValueError(f'no trip count for {while_line.strip()[:200]}')
+
+
+def costed_instructions(text: str) -> tuple[list[dict], list[dict]]:
+  """The compiled module's instructions that carry estimated cycles, each with the times
+  it runs per step (the product of its enclosing loops' trip counts), and the loops."""
+  computations, entry = hlo_computations(text)
+  costed, loops = [], []
+
+  def walk(name: str, times: int):
+    for line in computations[name]:
+      match = _INSTRUCTION.match(line)
+      if not match:
+        continue
+      instruction, opcode = match.groups()
+      cycles, op_name = _CYCLES.search(line), _OP_NAME.search(line)
+      op_name = op_name.group(1).replace("\\'", "'") if op_name else instruction
+      if cycles:
+        costed.append({'instruction': instruction, 'opcode': opcode,
+                       'cycles': int(cycles.group(1)), 'times': times, 'op_name': op_name})
+      # Not a fusion's fused computation: its cycles are the fusion's. Every branch of a
+      # conditional counts, as if all ran (an upper bound).
+      if opcode in ('while', 'call', 'conditional'):
+        trips = trip_count(line, computations) if opcode == 'while' else 1
+        first = len(costed)
+        for _, callees in _CALLEES.findall(line):
+          for callee in callees.split(', '):
+            walk(callee.lstrip('%'), times * trips)
+        if opcode == 'while':
+          loops.append({'op_name': op_name, 'trip_count': trips,
+                        'cycles_per_trip': sum(c['cycles'] * c['times'] for c in costed[first:])
+                                           // (times * trips)})
+
+  walk(entry, 1)
+  return costed, loops
+
+
+def estimate(text: str, cost: dict, images: int, clock_hz: float, peak_flops: float,
+             hbm_bandwidth: float, top: int = 15) -> dict:
+  """XLA's performance model of one compiled step, per device: its estimated cycles over
+  the module (loops times their trips) at the chip's clock, beside the FLOPs and HBM-traffic
+  bounds, and the `top` costliest instructions with the model code they come from."""
+  costed, loops = costed_instructions(text)
+  cycles = sum(c['cycles'] * c['times'] for c in costed)
+  seconds = cycles / clock_hz
+  optimal = float(cost.get('optimal_seconds', -1.0))
+  ranked = sorted(costed, key=lambda c: -c['cycles'] * c['times'])[:top]
+  return {
+      'cycles': cycles, 'step_s': seconds,
+      'optimal_s': optimal if optimal > 0 else None,  # negative on large programs
+      'bytes_accessed': float(cost['bytes accessed']),
+      'hbm_bound_s': float(cost['bytes accessed']) / hbm_bandwidth,
+      'images_per_s': images / seconds, 'mfu': float(cost['flops']) / seconds / peak_flops,
+      'loops': loops,
+      'top': [dict(c, share=c['cycles'] * c['times'] / cycles) for c in ranked]}
+
+
+def compile_step(jitted, args: tuple, images: int, device: Chip) -> dict:
+  """Compiles `jitted` for `args`; the per-device memory, FLOPs, bound on step time and
+  XLA's estimate of it, or, where XLA finds it does not fit, its message."""
   start = time.perf_counter()
   try:
     compiled = jitted.lower(*args).compile()
   except jax.errors.JaxRuntimeError as error:
     if 'RESOURCE_EXHAUSTED' not in str(error):
       raise
-    return {'fits': False, 'images_per_step': images, 'hbm_bytes': hbm_bytes,
+    return {'fits': False, 'images_per_step': images, 'hbm_bytes': device.hbm_bytes,
             'xla_message': str(error).strip().splitlines()[0],
             'compile_s': time.perf_counter() - start}
   compile_s = time.perf_counter() - start
   memory = memory_bytes(compiled)
-  flops = flops_of(compiled)
-  bound_s = flops / peak_flops
-  return {'fits': memory['total'] <= hbm_bytes, 'images_per_step': images,
-          'memory_bytes': memory, 'hbm_bytes': hbm_bytes, 'flops_per_device': flops,
+  cost = cost_of(compiled)
+  flops = float(cost['flops'])
+  bound_s = flops / device.bf16_flops
+  return {'fits': memory['total'] <= device.hbm_bytes, 'images_per_step': images,
+          'memory_bytes': memory, 'hbm_bytes': device.hbm_bytes, 'flops_per_device': flops,
           'step_bound_s': bound_s, 'images_per_s_bound': images / bound_s,
+          'estimate': estimate(compiled.as_text(), cost, images, device.clock_hz,
+                               device.bf16_flops, device.hbm_bandwidth),
           'compile_s': compile_s}
 
 
@@ -155,7 +278,7 @@ def compile_for_topology(config) -> dict:
   chip = chip_of(topology)
   devices = topology_devices(topology)
   per_chip = devices_per_chip(devices)
-  hbm, peak = chip.hbm_bytes // per_chip, chip.bf16_flops / per_chip
+  device = per_device(chip, per_chip)
   mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
   data = config.data
   method = methods.get(config)
@@ -176,8 +299,11 @@ def compile_for_topology(config) -> dict:
   report = {
       'topology': topology, 'device_kind': devices[0].device_kind, 'devices': len(devices),
       'devices_per_chip': per_chip, 'processes': len({d.process_index for d in devices}),
-      'hbm_bytes_per_device': hbm, 'bf16_peak_flops_per_device': peak,
-      'chip_source': chip.source, 'model_dtype': config.model.dtype,
+      'hbm_bytes_per_device': device.hbm_bytes,
+      'bf16_peak_flops_per_device': device.bf16_flops,
+      'hbm_bandwidth_per_device': device.hbm_bandwidth, 'chip_source': chip.source,
+      'clock_hz': chip.clock_hz, 'clock_source': chip.clock_source,
+      'model_dtype': config.model.dtype,
       'remat': sorted(models.remat_parts(config.model)), 'steps': {}}
 
   if 'train' in steps:
@@ -193,7 +319,7 @@ def compile_for_topology(config) -> dict:
                                        mesh, method.uses_unlabelled)
     images = data.batch_size_labelled + (rows_u if unlabelled_keys else 0)
     report['steps']['train'] = compile_step(jitted, (state, labelled, unlabelled), images,
-                                            hbm, peak)
+                                            device)
   if 'eval' in steps:
     side, rows = config.compile.eval_canvas, data.eval_batch_size * len(devices)
     batch = batch_spec({'image': ((rows, side, side, 3), np.float32),
@@ -203,8 +329,8 @@ def compile_for_topology(config) -> dict:
                                      sharding=parallel.replicated(mesh))
     eval_step = evaluate.make_eval_step(train_step.make_predict_fn(config, model),
                                         data.num_classes, mesh)
-    report['steps']['eval'] = compile_step(eval_step, (state, confusion, batch), rows, hbm,
-                                           peak)
+    report['steps']['eval'] = compile_step(eval_step, (state, confusion, batch), rows,
+                                           device)
   return report
 
 
@@ -214,6 +340,33 @@ def si(value: float, unit: str) -> str:
     if abs(value) >= scale:
       return f'{value / scale:.3g} {prefix}{unit}'
   return f'{value:.3g} {unit}'
+
+
+def format_estimates(report: dict) -> list[str]:
+  steps = {name: step['estimate'] for name, step in report['steps'].items()
+           if 'estimate' in step}
+  if not steps:
+    return []
+  ms = lambda seconds: f'{1e3 * seconds:.3g}' if seconds else ''
+  lines = [f"XLA's estimate of the step time per device: the TPU compiler's cost model (its "
+           f"estimated cycles, loops times their trips, at {report['clock_hz'] / 1e9:.3g} GHz: "
+           f"{report['clock_source']}), not a measurement; it leaves out the collectives. "
+           f"HBM bound: bytes accessed over {si(report['hbm_bandwidth_per_device'], 'B/s')}.",
+           '| step | XLA estimate ms | optimal_seconds ms | FLOPs bound ms | HBM bound ms | '
+           'images/s | MFU | loops (trips) |', '|---|---|---|---|---|---|---|---|']
+  for name, e in steps.items():
+    loops = ', '.join(f"{loop['op_name'].split('/')[-2]} ({loop['trip_count']})"
+                      for loop in e['loops'])
+    lines.append(f"| {name} | {ms(e['step_s'])} | {ms(e['optimal_s'])} | "
+                 f"{ms(report['steps'][name]['step_bound_s'])} | {ms(e['hbm_bound_s'])} | "
+                 f"{e['images_per_s']:.0f} | {100 * e['mfu']:.1f}% | {loops} |")
+  for name, e in steps.items():
+    lines.append(f"The {name} step's costliest instructions by XLA's estimate (share of the "
+                 'step, cycles per run x runs per step, the model code):')
+    lines += [f"  {100 * c['share']:5.1f}%  {si(c['cycles'], 'cycles')} x {c['times']}  "
+              f"{c['opcode']}  {re.sub(r'^jit[(][^/]*[)]/', '', c['op_name'])}"
+              for c in e['top']]
+  return lines
 
 
 def format_report(report: dict) -> str:
@@ -238,6 +391,7 @@ def format_report(report: dict) -> str:
         f"{gb(m['total'])} | {si(step['flops_per_device'], 'FLOP')} | "
         f"{1e3 * step['step_bound_s']:.3g} | {step['images_per_s_bound']:.4g} | "
         f"{step['compile_s']:.0f} |")
+  lines += format_estimates(report)
   for name, step in report['steps'].items():
     if not step['fits']:
       held = (f"needs {gb(step['memory_bytes']['total'])}" if 'memory_bytes' in step

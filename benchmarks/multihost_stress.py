@@ -35,7 +35,7 @@ _BUSY = flags.DEFINE_bool('busy', True, 'Keep the other core busy during the run
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'results',
                                                'multihost_stress.json'), 'JSON output.')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Pixel accuracy of one process of 4 devices and of two processes agree up to the pixels
+# Pixel accuracy (a fraction) of one process of 4 devices and of two processes agree up to the pixels
 # on which the models, equal up to rounding, nearly tie (tests/test_multihost.py).
 TOLERANCE = 0.01
 
@@ -120,7 +120,7 @@ def main(argv):
     if outcome != 'ok':
       sys.exit(f'error: the one-process reference run {outcome}; log: {reference_dir}')
     reference = _pixel_accuracy(os.path.join(reference_dir, 'w'))
-    print(f'one process of 4 devices: val pixel accuracy {reference:.2f} ({seconds:.0f} s)')
+    print(f'one process of 4 devices: val pixel accuracy {100 * reference:.2f}% ({seconds:.0f} s)')
     print('| run | outcome | seconds | val pixel accuracy | matches | last line of process 0 |')
     print('|---|---|---|---|---|---|')
     records = []
@@ -137,7 +137,7 @@ def main(argv):
       records.append(dict(run=run, outcome=outcome, seconds=round(seconds, 1),
                           pixel_accuracy=accuracy, matches=matches,
                           last_line=_last_line(run_dir)))
-      shown = f'{accuracy:.2f}' if accuracy is not None else '-'
+      shown = f'{100 * accuracy:.2f}%' if accuracy is not None else '-'
       print(f'| {run} | {outcome} | {seconds:.0f} | {shown} | {"yes" if matches else "no"} '
             f'| {records[-1]["last_line"] if outcome != "ok" else ""} |', flush=True)
   finally:

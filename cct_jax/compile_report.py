@@ -214,6 +214,15 @@ def costed_instructions(text: str) -> tuple[list[dict], list[dict]]:
   return costed, loops
 
 
+def part_of(op_name: str) -> str:
+  """The model part an instruction comes from: the first two module scopes of its op_name
+  (e.g. 'encoder/trunk', 'CCT.decode/aux_decoders'), forward and backward alike; 'other'
+  for the losses, the optimiser and the input. The model's own scope, 'CCT', is dropped:
+  the train step's gradient wraps it (jvp(CCT)), evaluation's does not."""
+  scopes = [s for s in op_name.split('/') if '(' not in s and '[' not in s and s != 'CCT']
+  return '/'.join(scopes[:2]) if len(scopes) > 2 else 'other'
+
+
 def estimate(text: str, cost: dict, images: int, clock_hz: float, peak_flops: float,
              hbm_bandwidth: float, top: int = 15) -> dict:
   """XLA's performance model of one compiled step, per device: its estimated cycles over
@@ -224,6 +233,10 @@ def estimate(text: str, cost: dict, images: int, clock_hz: float, peak_flops: fl
   seconds = cycles / clock_hz
   optimal = float(cost.get('optimal_seconds', -1.0))
   ranked = sorted(costed, key=lambda c: -c['cycles'] * c['times'])[:top]
+  parts = {}
+  for c in costed:
+    parts[part_of(c['op_name'])] = parts.get(part_of(c['op_name']), 0) + (
+        c['cycles'] * c['times'] / cycles)
   return {
       'cycles': cycles, 'step_s': seconds,
       'optimal_s': optimal if optimal > 0 else None,  # negative on large programs
@@ -231,6 +244,7 @@ def estimate(text: str, cost: dict, images: int, clock_hz: float, peak_flops: fl
       'hbm_bound_s': float(cost['bytes accessed']) / hbm_bandwidth,
       'images_per_s': images / seconds, 'mfu': float(cost['flops']) / seconds / peak_flops,
       'loops': loops,
+      'parts': dict(sorted(parts.items(), key=lambda item: -item[1])),
       'top': [dict(c, share=c['cycles'] * c['times'] / cycles) for c in ranked]}
 
 
@@ -361,6 +375,8 @@ def format_estimates(report: dict) -> list[str]:
                  f"{ms(report['steps'][name]['step_bound_s'])} | {ms(e['hbm_bound_s'])} | "
                  f"{e['images_per_s']:.0f} | {100 * e['mfu']:.1f}% | {loops} |")
   for name, e in steps.items():
+    lines.append(f"The {name} step by model part (shares of XLA's estimate): " + ', '.join(
+        f'{part} {100 * share:.1f}%' for part, share in e['parts'].items() if share >= 0.001))
     lines.append(f"The {name} step's costliest instructions by XLA's estimate (share of the "
                  'step, cycles per run x runs per step, the model code):')
     lines += [f"  {100 * c['share']:5.1f}%  {si(c['cycles'], 'cycles')} x {c['times']}  "

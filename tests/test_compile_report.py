@@ -89,6 +89,12 @@ def test_the_tiny_model_compiles_for_a_v5e_slice_and_the_report_holds_its_number
       'aux_decoders/feature_noise/while') for loop in loops)
   in_loops = [c for c in train['estimate']['top'] if '/while/body/' in c['op_name']]
   assert in_loops and all(c['times'] == 2 for c in in_loops)
+  for step, parts in ((train, {'encoder/trunk', 'encoder/psp', 'CCT.decode/main_decoder',
+                               'CCT.decode/aux_decoders', 'other'}),
+                      (evaluation, {'encoder/trunk', 'encoder/psp', 'CCT.decode/main_decoder',
+                                    'other'})):
+    assert set(step['estimate']['parts']) == parts
+    assert sum(step['estimate']['parts'].values()) == pytest.approx(1)
   assert 'not a measurement' in run.stdout and 'feature_noise (2)' in run.stdout
 
 
@@ -181,6 +187,7 @@ def test_loop_bodies_count_once_per_trip_of_every_enclosing_loop():
   assert estimate['mfu'] == pytest.approx(71e3 / 142e-6 / 1e9)
   assert [(loop['trip_count'], loop['cycles_per_trip']) for loop in estimate['loops']] == [
       (4, 1), (3, 14)]
+  assert estimate['parts'] == pytest.approx({'other': 112 / 142, 'while/body': 30 / 142})
   assert [(c['cycles'], c['times'], c['op_name']) for c in estimate['top']] == [
       (100, 1, "labelled['image']"), (10, 3, 'jit(f)/while/body/dot_general'),
       (1, 12, 'fusion.3')]

@@ -1,0 +1,70 @@
+"""One auxiliary decoder and its MSE consistency loss, forward and backward under
+jax.checkpoint as `model.remat` runs each of the 30, at one v5e chip's share of VOC's
+step (10 images, 40 x 40 x 512 features to 320 x 320 x 21), compiled for a v5e on this
+CPU: XLA's estimate (`compile_report.estimate`, the compiler's model, not a measurement)
+with the loss taken as the model takes it and in the last pixel shuffle's pixel order.
+
+  TPU_LIBRARY_PATH=.venv/libtpu/libtpu/libtpu.so JAX_PLATFORMS=cpu \\
+  .venv/bin/python benchmarks/tpu_decoder_loss.py
+
+The loss is a mean over pixels, so any order of the pixels gives it, if the main
+decoder's target is put in the same order: reordering both into the order the last pixel
+shuffle started from (space to depth) undoes that shuffle, and XLA drops the pair of
+transposes and the full-resolution class-minor layouts they write. The target is given
+in its order, as a step would reorder it once for all 30 decoders. Writes
+benchmarks/results/tpu_decoder_loss.json.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+
+from cct_jax import compile_report, losses
+from cct_jax.models.decoders import Decoder
+
+RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'tpu_decoder_loss.json')
+IMAGES, SIDE, FEATURES, CLASSES = 10, 40, 512, 21
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+  """(B, 2H, 2W, C) -> (B, H, W, 2, 2, C): the pixel order `pixel_shuffle` started from."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+
+
+def main():
+  device = jax.sharding.SingleDeviceSharding(compile_report.topology_devices('v5e:1x1')[0])
+  chip = compile_report.CHIPS['v5e']
+  decoder = Decoder(CLASSES, dtype=jnp.bfloat16)
+  spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=device)
+  z = spec((IMAGES, SIDE, SIDE, FEATURES), jnp.bfloat16)
+  params = jax.tree.map(lambda a: spec(a.shape), jax.eval_shape(
+      lambda: decoder.init(jax.random.key(0), jnp.zeros((1, SIDE, SIDE, FEATURES)))))
+  orders = {'full resolution': lambda x: x, 'space to depth': space_to_depth}
+  results = {}
+  for name, order in orders.items():
+    def loss(params, z, main_logits):
+      logits = decoder.apply(params, z).astype(jnp.float32)
+      return losses.consistency_loss(order(logits)[None], main_logits)
+    target = jax.eval_shape(order, jnp.zeros((IMAGES, 8 * SIDE, 8 * SIDE, CLASSES)))
+    compiled = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1))).lower(
+        params, z, spec(target.shape)).compile()
+    cost = compile_report.cost_of(compiled)
+    results[name] = compile_report.estimate(compiled.as_text(), cost, IMAGES, chip.clock_hz,
+                                            chip.bf16_flops, chip.hbm_bandwidth, top=5)
+    e = results[name]
+    print(f"{name}: {e['cycles'] / 1e6:.1f} M cycles, {1e3 * e['step_s']:.2f} ms; FLOPs "
+          f"bound {1e3 * float(cost['flops']) / chip.bf16_flops:.3f} ms, HBM bound "
+          f"{1e3 * e['hbm_bound_s']:.2f} ms", flush=True)
+    for c in e['top']:
+      print(f"  {100 * c['share']:5.1f}%  {c['cycles'] / 1e6:.2f} M  {c['opcode']}  "
+            f"{c['op_name']}")
+  os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+  with open(RESULTS, 'w') as f:
+    json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()

@@ -9,9 +9,9 @@ with the loss taken as the model takes it and in the last pixel shuffle's pixel 
 
 The loss is a mean over pixels, so any order of the pixels gives it, if the main
 decoder's target is put in the same order: reordering both into the order the last pixel
-shuffle started from (space to depth) undoes that shuffle, and XLA drops the pair of
-transposes and the full-resolution class-minor layouts they write. The target is given
-in its order, as a step would reorder it once for all 30 decoders. Writes
+shuffle started from (`losses.space_to_depth`, as the model's remat path does) undoes
+that shuffle, and XLA drops the pair of transposes and the full-resolution class-minor
+layouts they write. The target comes already reordered: the cost of one decoder. Writes
 benchmarks/results/tpu_decoder_loss.json.
 """
 
@@ -28,12 +28,6 @@ RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'tpu_decoder_loss.j
 IMAGES, SIDE, FEATURES, CLASSES = 10, 40, 512, 21
 
 
-def space_to_depth(x: jax.Array) -> jax.Array:
-  """(B, 2H, 2W, C) -> (B, H, W, 2, 2, C): the pixel order `pixel_shuffle` started from."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-
-
 def main():
   device = jax.sharding.SingleDeviceSharding(compile_report.topology_devices('v5e:1x1')[0])
   chip = compile_report.CHIPS['v5e']
@@ -42,7 +36,7 @@ def main():
   z = spec((IMAGES, SIDE, SIDE, FEATURES), jnp.bfloat16)
   params = jax.tree.map(lambda a: spec(a.shape), jax.eval_shape(
       lambda: decoder.init(jax.random.key(0), jnp.zeros((1, SIDE, SIDE, FEATURES)))))
-  orders = {'full resolution': lambda x: x, 'space to depth': space_to_depth}
+  orders = {'full resolution': lambda x: x, 'space to depth': losses.space_to_depth}
   results = {}
   for name, order in orders.items():
     def loss(params, z, main_logits):

@@ -70,6 +70,13 @@ def ab_cross_entropy(logits: jax.Array, labels: jax.Array, threshold: jax.Array,
   return _masked_mean(-log_p_true, keep)
 
 
+def space_to_depth(x: jax.Array) -> jax.Array:
+  """(B, 2H, 2W, C) -> (B, H, W, 2, 2, C): the pixels in the order a decoder's last pixel
+  shuffle took them from. A mean over pixels is the same in any order."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+
+
 def confidence_mask(main_logits: jax.Array, threshold: float) -> jax.Array:
   """App. B.2 Conf-Mask: pixels whose main max-probability exceeds the threshold."""
   return jnp.max(jax.nn.softmax(main_logits, axis=-1), axis=-1) > threshold

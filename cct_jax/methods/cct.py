@@ -46,8 +46,12 @@ def per_decoder_losses(config, threshold, pseudo_labels: jax.Array | None):
   """(logits, main_logits) of one auxiliary decoder -> its L_u (and L_w)."""
 
   def losses_of(logits, main_logits):
-    values = {'unsup': losses.consistency_loss(logits[None], main_logits,
-                                               config.loss.unsupervised, threshold)}
+    # In the pixel order of the decoder's last shuffle, XLA drops that shuffle's transposes
+    # and the full-resolution class-minor layouts they write: the same mean for a third
+    # of the cycles on a TPU (benchmarks/tpu_decoder_loss.py).
+    values = {'unsup': losses.consistency_loss(
+        losses.space_to_depth(logits)[None], losses.space_to_depth(main_logits),
+        config.loss.unsupervised, threshold)}
     if pseudo_labels is not None:
       values['weak'] = losses.cross_entropy(
           cct.resize_logits(logits, pseudo_labels.shape[1:3]), pseudo_labels)

@@ -31,6 +31,15 @@ def train_config() -> ml_collections.ConfigDict:
       # every this many steps, by a collective: a stop lands within as many steps (and a
       # save) of the signal. One step pays a host-device round trip more.
       stop_check_every=5,
+      # A run (or eval, predict, pseudo-labels) that makes no progress for this many seconds
+      # is hung: every thread's stack is logged and the process exits non-zero (watchdog.py),
+      # so that a restart resumes from the last checkpoint. Progress is seen when a step's
+      # metrics are fetched (every log_every steps) and at every evaluation batch, so the
+      # limit must outlast the first compile and log_every steps: the full VOC step compiles
+      # in 6-13 minutes on a 2-core CPU and in a few on a TPU or GPU; 30 minutes leaves
+      # room for that and a slow filesystem, yet frees a hung slice within the half hour.
+      # 0: no watchdog.
+      hang_timeout_s=1800,
       eval_every=1000,
       checkpoint_every=1000,
       max_checkpoints=2,

@@ -19,6 +19,10 @@ cct_jax/multidomain.py; --domain picks whose decoders eval (default: all) and pr
 Several hosts (launch/tpu_pod.sh, launch/slurm_gpu.sh): the same command on every host
 with --multihost (or CCT_MULTIHOST=1); jax finds the other processes on Cloud TPU and
 Slurm, elsewhere add --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+
+A mode that stops making progress for train.hang_timeout_s seconds, or a process whose
+peer is gone, exits non-zero with one 'error:' line (watchdog.py): the same command, run
+again, goes on from the workdir.
 """
 
 import os
@@ -29,7 +33,7 @@ import jax
 from ml_collections import config_flags
 
 from cct_jax import (classify, compile_report, config_drift, data, multidomain, parallel,
-                     predict, summary, train, writers)
+                     predict, summary, train, watchdog, writers)
 from cct_jax.models import pretrained
 from cct_jax.weak import pseudo_labels
 
@@ -52,6 +56,9 @@ flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
 flags.DEFINE_string('coordinator_address', None, 'multihost: HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', None, 'multihost: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'multihost: this process, 0 .. num_processes - 1.')
+flags.DEFINE_integer('heartbeat_timeout_s', parallel.HEARTBEAT_TIMEOUT_S,
+                     'multihost: jax ends every process once one has sent no heartbeat for '
+                     'this long (parallel.initialize_distributed); the tests shorten it.')
 flags.DEFINE_string(
     'compilation_cache',
     os.environ.get('CCT_COMPILATION_CACHE',
@@ -60,6 +67,16 @@ flags.DEFINE_string(
     "(default: $CCT_COMPILATION_CACHE or ~/.cache/cct_jax/xla; '' turns it off).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
+# How the work of each mode goes on when the same command runs again after a failure;
+# also the modes whose progress the watchdog follows (summary and compile report none).
+GOES_ON = {
+    'train': 'resumes from the latest checkpoint in {workdir}',
+    'pretrain_cls': 'resumes from the latest checkpoint in {workdir}',
+    'pseudo_labels': 'goes on with the weak images not labelled yet',
+    'eval': 'scores the checkpoint again',
+    'predict': 'predicts the folder again',
+}
+
 
 def main(argv):
   if len(argv) > 1:
@@ -67,14 +84,23 @@ def main(argv):
   writers.quiet_library_logs()
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
-  if FLAGS.multihost or FLAGS.coordinator_address:
+  multihost = FLAGS.multihost or FLAGS.coordinator_address
+  if multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
+                                    FLAGS.process_id,
+                                    heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+  goes_on = (f'the same command, run again{" on every host" if multihost else ""}, '
+             + GOES_ON.get(FLAGS.mode, '').format(workdir=FLAGS.workdir))
+  hang_timeout_s = FLAGS.config.train.hang_timeout_s if FLAGS.mode in GOES_ON else 0
   try:
-    run(FLAGS.config, FLAGS.workdir)
+    with watchdog.armed(hang_timeout_s, resume=goes_on):
+      run(FLAGS.config, FLAGS.workdir)
   except (config_drift.ConfigDriftError, pretrained.PretrainedWeightsError, data.DataError,
           compile_report.LibtpuMissing) as error:  # the user's to fix: the message, not a traceback
     sys.exit(f'error: {error}')
+  except jax.errors.JaxRuntimeError as error:
+    watchdog.exit_if_process_lost(error, resume=goes_on)
+    raise
 
 
 def run(config, workdir: str) -> None:

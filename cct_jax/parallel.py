@@ -16,15 +16,31 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 
+# A lost process ends the others within a minute (initialize_distributed).
+HEARTBEAT_TIMEOUT_S = 60
+SHUTDOWN_TIMEOUT_S = 60
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None, process_id: int | None = None,
-                           cpu_collectives: str = 'gloo') -> None:
+                           cpu_collectives: str = 'gloo',
+                           heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+                           shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> None:
   """Starts jax's multi-process runtime; call it before anything touches a device.
 
   With no arguments jax detects the cluster itself (Cloud TPU pod slices, Slurm, Open MPI,
   ...). Elsewhere pass all three: `coordinator_address` ('host:port' of process 0, which
   listens there), `num_processes` and this process's `process_id`. On CPU the processes'
   collectives go through `cpu_collectives` (gloo).
+
+  A process that dies (or whose host freezes) would leave the others waiting in a
+  collective, holding their machines: jax's coordination service aborts every process once
+  one has sent no heartbeat for `heartbeat_timeout_s` (jax's default is 100 s; heartbeats
+  come from a C++ thread, so a long compile or save does not miss them), or once a process
+  that exits has waited `shutdown_timeout_s` for the others in the shutdown barrier
+  (default 300 s; the processes of a run end within seconds of each other). A lost process
+  thus stops the others within a minute (a hung one: the watchdog, watchdog.py), and the
+  same command, run again, resumes from the latest checkpoint.
   """
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
@@ -33,7 +49,9 @@ def initialize_distributed(coordinator_address: str | None = None,
                      f'{coordinator_address=}, {num_processes=}, {process_id=}')
   jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             heartbeat_timeout_seconds=heartbeat_timeout_s,
+                             shutdown_timeout_seconds=shutdown_timeout_s)
   # Every process must run the same executable of a program with collectives: XLA derives
   # the collectives' run id from it. jax's persistent cache is written by process 0 alone
   # and read by all, so a program compiled again (or a host's own cache folder) mixed
@@ -41,8 +59,10 @@ def initialize_distributed(coordinator_address: str | None = None,
   # jax 0.12.1: each process then waited in a different all-reduce for ever (README,
   # "Several processes").
   jax.config.update('jax_enable_compilation_cache', False)
-  logging.info('process %d of %d: %d local devices, %d in all', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info('process %d of %d: %d local devices, %d in all; a lost process stops every '
+               'process within %d s, then the same command, run again on every host, '
+               'resumes', jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), heartbeat_timeout_s)
 
 
 def data_mesh() -> jax.sharding.Mesh:

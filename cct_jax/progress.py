@@ -14,6 +14,8 @@ time spent waiting (an input-bound run otherwise looks like a slow model):
 
   val evaluation: 120/500 images (24%) | 35.2 images/s | ETA 0:00:11 | input wait 12%
   val evaluation: 500/500 images in 0:00:14 | 35.7 images/s | input wait 10%
+
+Every report, logged or not, is also progress for the watchdog (watchdog.py).
 """
 
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +23,8 @@ import time
 from typing import TypeVar
 
 from absl import logging
+
+from cct_jax import watchdog
 
 T = TypeVar('T')
 
@@ -52,11 +56,13 @@ class Reporter:
   """Counts `unit`s of `what` towards `total` and logs a line at most every `every_s`.
 
   `done` counts what an earlier, resumed run finished: the rate is of this run's work.
-  `images_per_unit` adds the image rate to a line of steps. `clock` is for tests.
+  `images_per_unit` adds the image rate to a line of steps. `log=False` only counts (for
+  the watchdog: training's progress on processes other than 0, which log nothing). `clock`
+  is for tests.
   """
 
   def __init__(self, total: int, unit: str = 'steps', what: str = '', *, done: int = 0,
-               every_s: float = 15.0, images_per_unit: float = 0.0,
+               every_s: float = 15.0, images_per_unit: float = 0.0, log: bool = True,
                clock: Callable[[], float] = time.perf_counter):
     self.total, self.unit, self.what = total, unit, what
     self.count = done
@@ -65,18 +71,22 @@ class Reporter:
     self._start_count = self._window_count = done
     self._waited = self._window_waited = 0.0
     self._measures_wait = False
+    self._log = log
+    watchdog.kick(self)
 
   def update(self, n: int = 1, waited_s: float | None = None, note: str = '') -> None:
     """`n` more units done, `waited_s` of which spent waiting for input (None: not
     measured); `note` ends the line (say, the losses). Silent once the total is reached:
     `done` closes."""
     self.count += n
+    watchdog.kick(self)
     if waited_s is not None:
       self._measures_wait = True
       self._waited += waited_s
       self._window_waited += waited_s
     now = self._clock()
-    if now - self._window_start < self.every_s or self.count >= self.total:
+    if (not self._log or now - self._window_start < self.every_s
+        or self.count >= self.total):
       return  # the last line is done()'s
     seconds = now - self._window_start
     rate = (self.count - self._window_count) / seconds
@@ -88,6 +98,9 @@ class Reporter:
 
   def done(self, note: str = '') -> None:
     """The closing line: this run's count, time, rate and input wait."""
+    watchdog.kick(self)
+    if not self._log:
+      return
     seconds = max(self._clock() - self._start, 1e-9)
     logging.info('%s', self._line(f'{self.count}/{self.total} {self.unit} in '
                                   f'{duration(seconds)}',

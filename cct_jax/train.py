@@ -27,7 +27,8 @@ from absl import logging
 from etils import epath
 
 from cct_jax import (checkpointing, config_drift, evaluate, methods, models, parallel,
-                     perturbations, progress, state as state_lib, train_step, visualize)
+                     perturbations, progress, state as state_lib, train_step, visualize,
+                     watchdog)
 from cct_jax.data import factory as data_factory, pipeline as data_pipeline
 from cct_jax.models import pretrained
 from cct_jax.state import TrainState
@@ -54,6 +55,8 @@ class StopRequest:
     """Whether to stop after this step. A single process stops at once; several stop at
     the same step, agreeing on `sync` steps (the same on every process) by a collective,
     as a signal may reach only some of them."""
+    if self.requested is not None:
+      watchdog.kick()  # a step since the request: the stop is under way, not hung
     if jax.process_count() == 1:
       return self.requested is not None
     return sync and parallel.any_process(self.requested is not None)

@@ -39,7 +39,11 @@ class MetricWriter:
 
   def write_config(self, config) -> None:
     if self.enabled:
-      (self._dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+      # Whole or not at all: the other processes of a resumed run read it meanwhile
+      # (config_drift), and a half-written one stopped them.
+      partial = self._dir / 'config.json.partial'
+      partial.write_text(config.to_json_best_effort(indent=2))
+      partial.replace(self._dir / 'config.json')
 
   def _record(self, *records: dict) -> None:
     lines = [json.dumps(record) + '\n' for record in records]
@@ -52,9 +56,10 @@ class MetricWriter:
 
   def start(self, step: int, num_steps: int, images_per_step: float,
             what: str = 'training') -> None:
-    """Training's progress line from `step` (a resumed run's first) to `num_steps`."""
+    """Training's progress line from `step` (a resumed run's first) to `num_steps`; counted
+    on every process, for the watchdog."""
     self._progress = progress.Reporter(num_steps, unit='steps', what=what, done=step,
-                                       images_per_unit=images_per_step)
+                                       images_per_unit=images_per_step, log=self.enabled)
 
   def add_input_wait(self, seconds: float) -> None:
     """Time the training loop spent waiting for a batch: its share goes on the line."""
@@ -63,15 +68,16 @@ class MetricWriter:
   def write_scalars(self, history: list[tuple[int, dict]]) -> None:
     """Per-step metrics to metrics.jsonl and TensorBoard; the progress line, at most every
     `progress.Reporter.every_s` seconds, and the closing one at the last step."""
-    if not (self.enabled and history):
+    if not history:
       return
-    records = []
-    for step, metrics in history:
-      scalars = {k: float(v) for k, v in metrics.items()}
-      records.append({'step': step, **scalars})
-      for name, value in scalars.items():
-        self._tensorboard.add_scalar(f'train/{name}', value, step)
-    self._record(*records)
+    if self.enabled:
+      records = []
+      for step, metrics in history:
+        scalars = {k: float(v) for k, v in metrics.items()}
+        records.append({'step': step, **scalars})
+        for name, value in scalars.items():
+          self._tensorboard.add_scalar(f'train/{name}', value, step)
+      self._record(*records)
     step, metrics = history[-1]
     losses = ' '.join(f'{k}={float(v):.4f}' for k, v in metrics.items() if k.startswith('loss'))
     self._progress.update(step - self._progress.count, waited_s=self._waited, note=losses)

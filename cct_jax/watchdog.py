@@ -37,7 +37,9 @@ import jax
 # launch/slurm_gpu.sh), which must leave time for a requeue after it.
 STOP_GRACE_S = 120.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-EXIT_STATUS = 1
+# sysexits' EX_TEMPFAIL ("try again later"): unlike a Python error's 1, it tells a launcher
+# that running the same command again resumes (launch/slurm_gpu.sh requeues on it).
+EXIT_STATUS = 75
 
 
 class Watchdog:

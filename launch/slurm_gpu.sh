@@ -31,6 +31,11 @@ TIME=24:00:00
 CPUS_PER_GPU=8
 CPUS=""
 GRACE=300
+# The exit status of a hang or a lost process (cct_jax/watchdog.py), on which the job
+# requeues itself, at most MAX_RESTARTS times (Slurm's SLURM_RESTART_COUNT), so that a
+# fault that comes back every time does not requeue for ever.
+RESTARTABLE=75
+MAX_RESTARTS=3
 CONFIG=configs/voc.py
 WORKDIR=""
 PYTHON=$REPO/.venv/bin/python
@@ -161,6 +166,12 @@ if [[ -n ${SLURM_JOB_ID:-} ]]; then
   wait "$step" || status=$?
   if ((requeue && status == 0)); then
     echo "stopped $GRACE s before the time limit; requeueing job $SLURM_JOB_ID to resume"
+    run scontrol requeue "$SLURM_JOB_ID"
+  elif ((status == RESTARTABLE && ${SLURM_RESTART_COUNT:-0} < MAX_RESTARTS)); then
+    # A hang or a lost process (cct_jax/watchdog.py): the checkpoint before it resumes.
+    echo "training stopped with status $status (a hang or a lost process, see above);" \
+         "requeueing job $SLURM_JOB_ID to resume (restart $((${SLURM_RESTART_COUNT:-0} + 1))" \
+         "of at most $MAX_RESTARTS)"
     run scontrol requeue "$SLURM_JOB_ID"
   elif ((requeue)); then
     echo "not requeued: srun ended with status $status" >&2

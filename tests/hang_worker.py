@@ -1,6 +1,7 @@
-"""`python -m cct_jax.main FLAGS` whose training stalls for ever at its first step, before
-compiling it (a short `train.hang_timeout_s` would end a compile too), for
-tests/test_hang_and_loss.py: only the watchdog can end it."""
+"""`python -m cct_jax.main FLAGS` whose training stalls for ever before it compiles
+anything (where it creates the train state), for tests/test_hang_and_loss.py: only the
+watchdog can end it. Stalling later would make a short `train.hang_timeout_s` race the
+compiles before it on a busy machine."""
 
 import threading
 
@@ -9,11 +10,11 @@ from absl import app
 from cct_jax import main, train
 
 
-def stalled_train_one(trainer, state, step):
-  del trainer, state, step
+def stalled_create_state(trainer, num_steps):
+  del trainer, num_steps
   threading.Event().wait()  # for ever, without the GIL, as a hung collective waits
 
 
 if __name__ == '__main__':
-  train.SingleDomainTrainer.train_one = stalled_train_one
+  train.SingleDomainTrainer.create_state = stalled_create_state
   app.run(main.main)

@@ -62,7 +62,7 @@ def test_progress_keeps_the_watchdog_quiet_and_its_absence_fires_it(fake_exit, m
   assert 'test_progress_keeps_the_watchdog_quiet_and_its_absence_fires_it' in err
   assert err.splitlines()[-1] == (
       'error: no progress for 0 s (train.hang_timeout_s=0.3): stalled in val evaluation at '
-      "3/10 batches; every thread's stack is above. The process exits (status 1) so that the "
+      "3/10 batches; every thread's stack is above. The process exits (status 75) so that the "
       'same command resumes')
 
 
@@ -108,13 +108,13 @@ def test_a_stalled_training_run_exits_with_every_stack_and_one_error_line(tmp_pa
   assert result.returncode == watchdog.EXIT_STATUS, result.stderr[-3000:]
   # The stack of the stalled main thread, and the error as the last line.
   assert re.search(r'Thread 0x[0-9a-f]+ \(most recent call first\):\n'
-                   r'(  File .*\n)*  File ".*hang_worker.py", line \d+ in stalled_train_one',
+                   r'(  File .*\n)*  File ".*hang_worker.py", line \d+ in stalled_create_state',
                    result.stderr)
   assert re.fullmatch(
-      r'error: no progress for 1[0-5] s \(train.hang_timeout_s=10\): stalled in training at '
-      r"0/4 steps; every thread's stack is above. The process exits \(status 1\) so that the "
-      r'same command, run again, resumes from the latest checkpoint in '
-      f'{re.escape(str(workdir))}', result.stderr.splitlines()[-1])
+      r'error: no progress for 1[0-5] s \(train.hang_timeout_s=10\): stalled before any '
+      r"progress was reported; every thread's stack is above. The process exits "
+      r'\(status 75\) so that the same command, run again, resumes from the latest checkpoint '
+      f'in {re.escape(str(workdir))}', result.stderr.splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------

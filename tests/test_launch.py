@@ -14,13 +14,16 @@ import time
 
 import pytest
 
+from cct_jax import watchdog
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(REPO, 'launch', 'tpu_pod.sh')
 SLURM = os.path.join(REPO, 'launch', 'slurm_gpu.sh')
 
 # What each stand-in does besides recording its arguments. Environment switches:
 # FAKE_SLICE=1 (the TPU VM exists), FAKE_TRAINING=1 (worker 0 runs the training),
-# FAKE_SRUN_WAITS=1 (srun runs until SIGTERM, as training does).
+# FAKE_SRUN_WAITS=1 (srun runs until SIGTERM, as training does), FAKE_SRUN_STATUS=N (srun
+# exits with N at once).
 _BEHAVIOUR = {
     'gcloud': '''
 case "$*" in
@@ -32,6 +35,7 @@ case "$*" in
 esac''',
     'sbatch': '',
     'srun': '''
+if [[ -n ${FAKE_SRUN_STATUS:-} ]]; then exit "$FAKE_SRUN_STATUS"; fi
 if [[ ${FAKE_SRUN_WAITS:-0} == 1 ]]; then
   trap 'exit 0' TERM
   echo $$ > "$STATE/srun.pid"
@@ -341,3 +345,17 @@ def test_slurm_job_stops_its_steps_and_requeues_at_the_time_limit(fake_tools, si
       [['scontrol', 'requeue', '42']] if requeued else [])
   assert tools[0] == 'srun'
   assert ('requeueing job 42' in stdout) == requeued
+
+
+@pytest.mark.parametrize('status, restarts, requeued', [
+    (watchdog.EXIT_STATUS, '0', True), (watchdog.EXIT_STATUS, '3', False), (1, '0', False)])
+def test_slurm_job_requeues_after_a_hang_or_a_lost_process(fake_tools, status, restarts,
+                                                           requeued):
+  """Training that ends with the watchdog's status (a hang, a lost process) is requeued to
+  resume, at most three times; an ordinary error is not."""
+  env, log = fake_tools
+  result = _run(SLURM, '--workdir=/w', env=dict(env, SLURM_JOB_ID='42',
+                                                 FAKE_SRUN_STATUS=str(status),
+                                                 SLURM_RESTART_COUNT=restarts), check=False)
+  assert result.returncode == status
+  assert (['scontrol', 'requeue', '42'] in _calls(log)) == requeued

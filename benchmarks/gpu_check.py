@@ -95,7 +95,7 @@ def measure(spec: dict) -> dict:
   rng = np.random.default_rng(0)
   labelled, unlabelled = speed.random_batches(rng, mesh, batch, size, config.model.num_classes)
 
-  model = models.model_from_config(config.model, methods.aux_counts(config))
+  model, _ = methods.build(config)
   num_steps = 1000
   state = train_step.create_train_state(config, model, num_steps, mesh)
   step_fn = train_step.make_train_step(config, model, num_steps)

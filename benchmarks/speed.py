@@ -149,7 +149,7 @@ def measure(spec: dict) -> dict:
     config.train.mode = mode
     if counts is not None:
       perturbations.set_counts(config.perturbations, counts)
-    model = models.model_from_config(config.model, methods.aux_counts(config))
+    model, _ = methods.build(config)
     state = train_step.create_train_state(config, model, 1000, mesh)
     step_fn = train_step.make_train_step(config, model, 1000)
     step = jax.jit(step_fn, in_shardings=(rep, sharded, sharded), out_shardings=(rep, rep),

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cct_jax import evaluate, methods, models, train, train_step
+from cct_jax import evaluate, models, train, train_step
 from cct_jax.data import factory as data_factory, pipeline as data_pipeline
 from cct_jax.models.multidomain import decoders_key
 
@@ -73,15 +73,6 @@ def check_config(config) -> None:
                      f'{config.adversarial.weight}')
   for name in names:
     train.check_config(domain_config(config, name))
-
-
-def model_from_config(config) -> models.MultiDomainCCT:
-  weight = config.adversarial.weight if config.adversarial.enabled else 0.0
-  return models.MultiDomainCCT(
-      num_classes={name: config.domains[name].num_classes for name in domain_names(config)},
-      encoder=models.encoder_from_config(config.model), aux_counts=methods.aux_counts(config),
-      final_relu=config.model.decoder_final_relu, decoder_width=config.model.decoder_width,
-      remat_decoders='decoders' in models.remat_parts(config.model), adversarial_weight=weight)
 
 
 def create_train_state(config, model: models.MultiDomainCCT, num_steps: int, mesh):
@@ -157,9 +148,6 @@ class MultiDomainTrainer(train.SingleDomainTrainer):
   @functools.cached_property
   def targets(self) -> dict:
     return {name: domain_config(self.config, name) for name in domain_names(self.config)}
-
-  def build_model(self):
-    return model_from_config(self.config)
 
   def make_predict_fn(self, target):
     predict = train_step.make_predict_fn(self.targets[target], self.model.clone(domain=target))

@@ -17,7 +17,7 @@ def count(tree) -> int:
 
 def parameter_counts(config) -> dict[str, int]:
   """Parameters per part of the network; BN running statistics are not parameters."""
-  model = models.model_from_config(config.model, methods.aux_counts(config))
+  model, _ = methods.build(config)
   image_shape = (1, 64, 64, 3)  # parameter shapes do not depend on the image size
   variables = jax.eval_shape(lambda key: models.init_variables(model, key, image_shape),
                              jax.random.key(0))

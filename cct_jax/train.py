@@ -26,9 +26,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from cct_jax import (checkpointing, config_drift, evaluate, methods, models, parallel,
-                     perturbations, progress, state as state_lib, train_step, visualize,
-                     watchdog)
+from cct_jax import (checkpointing, config_drift, evaluate, methods, parallel, perturbations,
+                     progress, state as state_lib, train_step, visualize, watchdog)
 from cct_jax.data import factory as data_factory, pipeline as data_pipeline
 from cct_jax.models import pretrained
 from cct_jax.state import TrainState
@@ -359,12 +358,8 @@ class SingleDomainTrainer(Trainer):
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
-    self.method = methods.get(config)
-    self.model = self.build_model()
+    self.model, self.method = methods.build(config)
     self.predict_fns = {target: self.make_predict_fn(target) for target in self.targets}
-
-  def build_model(self):
-    return models.model_from_config(self.config.model, methods.aux_counts(self.config))
 
   def make_predict_fn(self, target):
     del target

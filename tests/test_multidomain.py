@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cct_jax import (checkpointing, defaults, losses, multidomain, parallel, perturbations,
-                     train_step)
+from cct_jax import (checkpointing, defaults, losses, methods, multidomain, parallel,
+                     perturbations, train_step)
 from cct_jax.models import cct, multidomain as multidomain_model, pretrained
 from cct_jax.models.discriminator import Discriminator, gradient_reversal
 
@@ -114,7 +114,7 @@ def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders
   config.domain_batch_stats = domain_batch_stats
   multidomain.check_config(config)
   assert multidomain.domain_names(config) == ('fashion11', 'tex5')
-  model = multidomain.model_from_config(config)
+  model, _ = methods.build(config)
   mesh = parallel.data_mesh()
   state = multidomain.create_train_state(config, model, num_steps=20, mesh=mesh)
   step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=20))
@@ -158,7 +158,7 @@ def test_adversarial_term_stays_bounded_over_alternating_steps():
   sides (Eq. 12) it stays near chance instead of overshooting (at full weight for the
   discriminator, this run reached 1e10 by step 8 and NaN at step 9)."""
   config = _unit_config()
-  model = multidomain.model_from_config(config)
+  model, _ = methods.build(config)
   state = multidomain.create_train_state(config, model, num_steps=20, mesh=parallel.data_mesh())
   step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=20))
           for name in ('tex5', 'fashion11')}
@@ -290,7 +290,7 @@ def test_interrupted_two_domain_run_resumes_to_the_uninterrupted_result(
     assert resumed['domains'][name]['miou'] == pytest.approx(full['domains'][name]['miou'],
                                                              abs=1e-6)
 
-  model = multidomain.model_from_config(config)
+  model, _ = methods.build(config)
   mesh = parallel.data_mesh()
   shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, 4, mesh))
   abstract = checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))

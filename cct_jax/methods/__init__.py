@@ -4,6 +4,7 @@ The trainers (train.py, multidomain.py) ask the configured method (`train.mode`)
 needs: an unlabelled batch every step and which of its keys, auxiliary decoders, state of
 its own beside the model (Mean Teacher's teacher), and which variables are evaluated. They
 never test the mode by name. A new method is one module here and one line in `METHODS`.
+`build(config)` is where a network is made from a config, with the method that trains it.
 
 A method's unsupervised term is built by `make_term(config, model)`:
 
@@ -21,7 +22,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from cct_jax import perturbations
+import flax.linen as nn
+
+from cct_jax import models, perturbations
 from cct_jax.methods import cct, input_vat, mean_teacher
 
 
@@ -90,3 +93,16 @@ def aux_counts(config) -> dict[str, int]:
   if not get(config).aux_decoders:
     return {}
   return perturbations.decoder_counts(config.perturbations)
+
+
+def build(config) -> tuple[nn.Module, Method]:
+  """The network `config` describes, with the auxiliary decoders its method trains, and
+  that method. A multi-domain config (`defaults.multi_domain`) gets the multi-domain
+  network: each domain's decoders for its own classes, the discriminator when
+  `adversarial.enabled`."""
+  domains, adversarial_weight = None, 0.0
+  if 'domains' in config:
+    domains = {name: domain.num_classes for name, domain in config.domains.items()}
+    adversarial_weight = config.adversarial.weight if config.adversarial.enabled else 0.0
+  model = models.model_from_config(config.model, aux_counts(config), domains, adversarial_weight)
+  return model, get(config)

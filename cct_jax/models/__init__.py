@@ -90,16 +90,23 @@ def encoder_from_config(model_cfg) -> Encoder:
   )
 
 
-def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None) -> CCT:
+def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None,
+                      domains: Mapping[str, int] | None = None,
+                      adversarial_weight: float = 0.0) -> CCT | MultiDomainCCT:
   """Builds the network described by a config's `model` section.
 
   `aux_counts` (perturbation type -> number of auxiliary decoders) is None for a model
   that only ever runs the encoder and main decoder (supervised training, evaluation).
+  `domains` (name -> class count) makes the multi-domain network: one shared encoder and
+  each domain's decoders, with App. E's discriminator at `adversarial_weight` > 0.
   """
-  return CCT(num_classes=model_cfg.num_classes, encoder=encoder_from_config(model_cfg),
-             aux_counts=dict(aux_counts or {}), final_relu=model_cfg.decoder_final_relu,
-             decoder_width=model_cfg.decoder_width,
-             remat_decoders='decoders' in remat_parts(model_cfg))
+  shared = dict(encoder=encoder_from_config(model_cfg), aux_counts=dict(aux_counts or {}),
+                final_relu=model_cfg.decoder_final_relu, decoder_width=model_cfg.decoder_width,
+                remat_decoders='decoders' in remat_parts(model_cfg))
+  if domains:
+    return MultiDomainCCT(num_classes=dict(domains), adversarial_weight=adversarial_weight,
+                          **shared)
+  return CCT(num_classes=model_cfg.num_classes, **shared)
 
 
 def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:

@@ -15,6 +15,8 @@ from typing import Any
 from absl import logging
 from etils import epath
 
+from cct_jax import methods
+
 SAVED_CONFIG = 'config.json'
 
 PURPOSES = {'resume': 'resume training', 'eval': 'evaluate', 'predict': 'predict'}
@@ -63,8 +65,9 @@ def changes_the_checkpoint(field: str, saved: Any, now: Any, current: dict[str, 
   if field.startswith('model.'):
     return field not in _MODEL_FIELDS_OUTSIDE_THE_CHECKPOINT
   if field.startswith('perturbations.') and field.endswith('.count'):
-    # K auxiliary decoders of the type (perturbations.vat.count: K), in CCT's mode only.
-    return current.get('train.mode') == 'semi'
+    # K auxiliary decoders of the type (perturbations.vat.count: K), in a method with them.
+    method = methods.METHODS.get(current.get('train.mode'))
+    return method is not None and method.aux_decoders
   if field == 'optim.momentum':
     # SGD keeps a momentum trace only for a positive momentum.
     positive = lambda value: isinstance(value, (int, float)) and value > 0

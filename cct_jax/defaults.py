@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from cct_jax import baselines, losses, models, perturbations, schedules, weak
+from cct_jax import losses, methods, models, perturbations, schedules, weak
 from cct_jax.data import factory as data_factory
 
 
@@ -22,7 +22,7 @@ def data_config(name: str) -> ml_collections.ConfigDict:
 def train_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # 'semi' (CCT), 'supervised' (labelled images only), or App. A's baselines
-      # 'mean_teacher' and 'input_vat' (baselines.py)
+      # 'mean_teacher' and 'input_vat' (methods/)
       mode='semi',
       num_steps=0,  # 0: num_epochs passes over the unlabelled set
       num_epochs=50,
@@ -74,7 +74,7 @@ def base_config(dataset: str = 'voc') -> ml_collections.ConfigDict:
   config.model.num_classes = config.data.num_classes
   config.perturbations = perturbations.default_perturbation_config()
   config.loss = losses.default_loss_config()
-  config.baselines = baselines.default_baselines_config()
+  config.baselines = methods.default_config()
   config.optim = schedules.default_optim_config()
   config.train = train_config()
   config.eval = eval_config()

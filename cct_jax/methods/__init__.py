@@ -3,7 +3,8 @@
 The trainers (train.py, multidomain.py) ask the configured method (`train.mode`) what it
 needs: an unlabelled batch every step and which of its keys, auxiliary decoders, state of
 its own beside the model (Mean Teacher's teacher), and which variables are evaluated. They
-never test the mode by name. A new method is one module here and one line in `METHODS`.
+never test the mode by name. A new method is one module here and one line in `METHODS`; its
+settings, if it has any, are `baselines.<mode>` (its `default_config`).
 `build(config)` is where a network is made from a config, with the method that trains it.
 
 A method's unsupervised term is built by `make_term(config, model)`:
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import ml_collections
 
 from cct_jax import models, perturbations
 from cct_jax.methods import cct, input_vat, mean_teacher
@@ -39,6 +41,7 @@ class Method:
   update_extra     (config, extra, variables) -> extra, after every optimiser step.
   evaluated        (extra, variables) -> the variables that evaluation and prediction use.
   check_config     (config) -> None; raises on settings the method cannot run with.
+  default_config   () -> its settings, `config.baselines.<mode>`; None: it has none.
   """
   make_term: Callable | None = None
   aux_decoders: bool = False
@@ -47,6 +50,7 @@ class Method:
   update_extra: Callable[[Any, dict, dict], dict] | None = None
   evaluated: Callable[[dict, dict], dict] = lambda extra, variables: variables
   check_config: Callable[[Any], None] = lambda config: None
+  default_config: Callable[[], ml_collections.ConfigDict] | None = None
 
   @property
   def uses_unlabelled(self) -> bool:
@@ -67,9 +71,18 @@ METHODS = {
                            init_extra=mean_teacher.init_extra,
                            update_extra=mean_teacher.update_extra,
                            evaluated=mean_teacher.evaluated,
-                           check_config=mean_teacher.check_config),
-    'input_vat': Method(make_term=input_vat.make_term, check_config=input_vat.check_config),
+                           check_config=mean_teacher.check_config,
+                           default_config=mean_teacher.default_config),
+    'input_vat': Method(make_term=input_vat.make_term, check_config=input_vat.check_config,
+                        default_config=input_vat.default_config),
 }
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.baselines`: each method's own settings under its mode (App. A's baselines';
+  CCT's are the perturbations' and the losses')."""
+  return ml_collections.ConfigDict({mode: method.default_config()
+                                    for mode, method in METHODS.items() if method.default_config})
 
 
 def get(config) -> Method:

@@ -1,12 +1,22 @@
 """Mean Teacher (Tarvainen & Valpola 2017), an input-consistency baseline of paper App. A
 (Table 4): the student's softmax on a noisy x_u against the teacher's on the clean x_u,
 the teacher being the EMA of the student (`baselines.mean_teacher` holds decay and noise).
-Trains the encoder and main decoder only."""
+Trains the encoder and main decoder only (the paper gives no settings; these are Tarvainen
+& Valpola's)."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from cct_jax import baselines, losses
+from cct_jax import losses
+from cct_jax.methods.main_decoder import train_logits
+
+
+def default_config() -> ml_collections.ConfigDict:
+  # decay: teacher <- decay * teacher + (1 - decay) * student after every step.
+  # noise_std: the student sees x_u + N(0, noise_std^2) per pixel and channel of the
+  # normalised image, the teacher the clean x_u.
+  return ml_collections.ConfigDict(dict(decay=0.99, noise_std=0.15))
 
 
 def check_config(config) -> None:
@@ -51,9 +61,9 @@ def make_term(config, model):
   def term(params, batch_stats, extra, batch, key):
     images = batch['image']
     noisy = images + noise_std * jax.random.normal(key, images.shape, images.dtype)
-    student, batch_stats = baselines.train_logits(
+    student, batch_stats = train_logits(
         model, {'params': params, 'batch_stats': batch_stats}, noisy)
-    target, _ = baselines.train_logits(model, extra['teacher'], images)
+    target, _ = train_logits(model, extra['teacher'], images)
     return ({'unsup': losses.consistency_loss(student[None], target, 'mse')},
             {'batch_stats': batch_stats})
 

@@ -1,6 +1,6 @@
 """Convolutions on XLA:CPU: lax's against `cct_jax.cpu_conv`'s.
 
-  .venv/bin/python benchmarks/cpu_conv.py        # about 5 minutes on 2 cores
+  .venv/bin/python benchmarks/cpu_conv.py        # minutes
 
 For convolutions of the full VOC network (2 + 2 images of 321x321: batch 4; the deep stem,
 layer1's 3x3, a strided 3x3, the 1x1s of layer3, a dilated 3x3 of layer4, PSP's 3x3

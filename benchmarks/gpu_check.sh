@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one call: the paper's train step (float32 and bfloat16) and evaluation,
 # then the authors' PyTorch step (benchmarks/gpu_check.py says what each measures). From the
-# repository root of the lent GPU machine, with refcode/ and .whl/ carried (README, "On a
+# repository root of the GPU machine, with refcode/ and .whl/ carried (README, "On a
 # GPU"):
 #   bash benchmarks/gpu_check.sh             # JSON to $OUT/gpu_check.json, under 6 minutes
 #   bash benchmarks/gpu_check.sh --smoke     # on a CPU: the tiny model, the same code path

@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 def _one_writer_per_array_on_cpu() -> None:
   """orbax has each replica of a replicated array write a slice of it (replica-parallel
   saving), cutting the slices with eager ops, one small compile per shape: on CPU devices,
-  which share one host's memory, that costs the first save of the demo about 5 s (135
-  compiles) and every later one 0.35 s, for nothing. orbax turns it off on GPUs itself."""
+  which share one host's memory, that costs every save seconds for nothing (measured:
+  benchmarks/results/design_measurements.json). orbax turns it off on GPUs itself."""
   if jax.default_backend() != 'cpu':
     return
   # orbax warns (through absl's logger) that it replaces a handler: meant, so not shown.

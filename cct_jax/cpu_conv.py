@@ -6,16 +6,15 @@ routes around both, computing the same sums in another order:
 - The kernel gradient (a convolution over the batch and spatial axes) often runs several
   times slower than the forward convolution, while the input gradient runs about as fast.
   The kernel gradient is a sum over the kernel's taps of (input window)^T @ (output
-  gradient): one matmul per tap. benchmarks/cpu_conv.py (2 quiet cores, 4 images, f32): a
-  1x1 256 -> 1024 conv at 41x41, forward 29 ms, kernel gradient by lax 397 ms, by matmuls
-  34 ms; a dilated 3x3 of layer4, 325 / 2184 / 323 ms. Only at layer1's size is lax's
-  faster (45 against 70 ms); one rule serves every conv.
+  gradient): one matmul per tap. Only at layer1's size is lax's faster; one rule serves
+  every conv.
 - A spatial kernel over many input channels (PSP's 3x3 bottleneck reads 4096) runs well
-  below the speed of narrower ones (in a profile of inference, 82 against 110-130 GFLOP/s):
-  the conv is computed as the sum of convs over slices of at most `IN_FEATURES_PER_SLICE`
-  input channels (its input gradient, the transpose, likewise). The full model's semi step
-  (2 + 2 at 321), one after the other: 31.7 s whole, 30.4 s sliced. 1x1 convs are left
-  whole: slicing did not speed them up.
+  below the speed of narrower ones: the conv is computed as the sum of convs over slices of
+  at most `IN_FEATURES_PER_SLICE` input channels (its input gradient, the transpose,
+  likewise). 1x1 convs are left whole: slicing did not speed them up.
+
+Measured: benchmarks/cpu_conv.py (results/cpu_conv.json) and
+benchmarks/results/design_measurements.json.
 
 The values agree with lax's to rounding (tests/test_models.py).
 

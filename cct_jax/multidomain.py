@@ -19,10 +19,9 @@ the unlabelled batch's), which the discriminator descends and the encoder, throu
 reversal, ascends.
 
 The shared encoder's BN running statistics are shared too, as in the paper; they then
-average the domains' statistics and fit neither at evaluation (on tex5 + fashion5 after 600
-iterations, val mIoU with the eval batch's own statistics instead: tex5 26.7 -> 55.7,
-fashion5 17.7 -> 24.1). `domain_batch_stats=True` (not in the paper) keeps one set of
-running statistics per domain; parameters stay shared.
+average the domains' statistics and fit neither at evaluation (measured:
+benchmarks/results/design_measurements.json). `domain_batch_stats=True` (not in the paper)
+keeps one set of running statistics per domain; parameters stay shared.
 
 A config has `domains` (name -> a full data config, whose `num_classes` sizes that domain's
 decoders) in place of `data` and `model.num_classes` (`defaults.multi_domain`); the rest is

@@ -12,10 +12,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # XLA's CPU optimisation passes cost far more than they save on tiny test models (about
 # four times faster compiles); results stay float32-exact to the tolerances tested.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
-# `make test` runs two workers on two cores (and some tests start processes of their own):
-# XLA's Eigen thread pool in each, as wide as the machine, only makes them contend. One
-# thread per device took about a tenth off `.ci/run`'s CPU time on a fresh clone (17 min 7 s
-# user against 19 min 11 s) and its tests from 607 s to 558 s.
+# `make test` runs several workers (and some tests start processes of their own): XLA's
+# Eigen thread pool in each, as wide as the machine, only makes them contend; one thread
+# per device is faster (measured: benchmarks/results/design_measurements.json).
 if '--xla_cpu_multi_thread_eigen' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_cpu_multi_thread_eigen=false').lstrip()

@@ -9,18 +9,22 @@ training. Prints a table and writes benchmarks/results/aux_decoders.json. The mo
 (`cct_jax.models.cct.DecoderStack`) uses whichever layout wins here.
 """
 
-import argparse
 import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from cct_jax import perturbations
 from cct_jax.models.decoders import Decoder
 
 RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'aux_decoders.json')
+
+_SIZE = flags.DEFINE_integer('size', 321, 'Input image side.')
+_BATCH = flags.DEFINE_integer('batch', 2, 'Images per step.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed steps per layout.')
 
 
 def noise(z, key):
@@ -70,22 +74,18 @@ def measure(losses, stacks, z, key, repeats):
                      median_step_s=sorted(times[name])[len(times[name]) // 2]) for name in losses}
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--size', type=int, default=321, help='input image side')
-  parser.add_argument('--batch', type=int, default=2)
-  parser.add_argument('--repeats', type=int, default=5)
-  args = parser.parse_args()
+def main(argv):
+  del argv
 
   counts = perturbations.decoder_counts(perturbations.default_perturbation_config())
-  side = (args.size - 1) // 8 + 1
+  side = (_SIZE.value - 1) // 8 + 1
   decoder = Decoder(21)
-  z = jax.random.normal(jax.random.key(0), (args.batch, side, side, 512))
+  z = jax.random.normal(jax.random.key(0), (_BATCH.value, side, side, 512))
   stacks = {
       name: jax.vmap(lambda k: decoder.init(k, z[:1])['params'])(
           jax.random.split(jax.random.key(i), n)) for i, (name, n) in enumerate(counts.items())
   }
-  rows = measure(make_losses(decoder, counts), stacks, z, jax.random.key(1), args.repeats)
+  rows = measure(make_losses(decoder, counts), stacks, z, jax.random.key(1), _REPEATS.value)
   print(f'30 auxiliary decoders, z {z.shape}, forward + backward, {jax.device_count()} device(s)')
   print('| layout | compile (s) | best step (s) | median step (s) |\n|---|---|---|---|')
   for name, row in rows.items():
@@ -97,4 +97,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

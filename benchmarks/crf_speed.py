@@ -13,7 +13,6 @@ and the median of `--repeats` runs. Prints a Markdown table and writes
 benchmarks/results/crf_speed.json.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -26,10 +25,14 @@ import pydensecrf.densecrf as pydensecrf
 import skimage.data
 import skimage.filters
 import skimage.transform
+from absl import app, flags
 
 from cct_jax import crf
 
 RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'crf_speed.json')
+
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per implementation.')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 21, 'Classes of the label map.')
 HEIGHT, WIDTH = 375, 500
 
 
@@ -66,40 +69,37 @@ def measure(fn, repeats):
   return result, dict(best_s=min(times), median_s=statistics.median(times))
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--num_classes', type=int, default=21)
-  args = parser.parse_args()
+def main(argv):
+  del argv
 
   config = crf.default_crf_config()
-  image, labels = photo_and_labels(args.num_classes)
-  unary = crf.unary_from_labels(labels, args.num_classes, config.gt_prob)
+  image, labels = photo_and_labels(_NUM_CLASSES.value)
+  unary = crf.unary_from_labels(labels, _NUM_CLASSES.value, config.gt_prob)
   position_features = crf._position_features(HEIGHT, WIDTH, config.gaussian.sxy)
   lattices = (crf.build_lattice(position_features),
               crf._bilateral_lattice(image, config.bilateral.sxy, config.bilateral.srgb))
   compats = jnp.asarray([config.gaussian.compat, config.bilateral.compat])
-  flat_unary = jnp.asarray(unary.reshape(-1, args.num_classes))
+  flat_unary = jnp.asarray(unary.reshape(-1, _NUM_CLASSES.value))
 
   rows = {}
   ours, rows['JAX total (host lattice + device)'] = measure(
-      lambda: jax.block_until_ready(crf.dense_crf(image, unary, config)), args.repeats)
+      lambda: jax.block_until_ready(crf.dense_crf(image, unary, config)), _REPEATS.value)
   _, rows['  host: bilateral lattice (d=5)'] = measure(
       lambda: crf._bilateral_lattice(image, config.bilateral.sxy, config.bilateral.srgb),
-      args.repeats)
+      _REPEATS.value)
   _, rows['  host: position lattice (d=2, cached per size)'] = measure(
-      lambda: crf.build_lattice(position_features), args.repeats)
+      lambda: crf.build_lattice(position_features), _REPEATS.value)
   _, rows['  device: 10 mean-field iterations'] = measure(
       lambda: jax.block_until_ready(crf._mean_field(flat_unary, lattices, compats,
                                                     iterations=config.iterations)),
-      args.repeats)
+      _REPEATS.value)
   reference, rows['pydensecrf2 total (set-up + inference)'] = measure(
-      lambda: run_pydensecrf(image, unary, config), args.repeats)
+      lambda: run_pydensecrf(image, unary, config), _REPEATS.value)
 
   ours = np.asarray(ours)
   agreement = float(np.mean(ours.argmax(-1) == reference.argmax(-1)))
   device = jax.devices()[0].device_kind
-  print(f'\nDense CRF on one {WIDTH}x{HEIGHT} photo, {args.num_classes} classes, '
+  print(f'\nDense CRF on one {WIDTH}x{HEIGHT} photo, {_NUM_CLASSES.value} classes, '
         f'{config.iterations} iterations; {device} ({jax.default_backend()}), '
         f'{os.cpu_count()} CPU cores, jax {jax.__version__}. Label agreement with '
         f'pydensecrf2: {100 * agreement:.3f}%.\n')
@@ -110,9 +110,9 @@ def main():
   os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
   with open(RESULTS, 'w') as f:
     json.dump(dict(image=f'skimage chelsea resized to {WIDTH}x{HEIGHT}',
-                   num_classes=args.num_classes, iterations=config.iterations,
+                   num_classes=_NUM_CLASSES.value, iterations=config.iterations,
                    backend=jax.default_backend(), device=device, cpu_count=os.cpu_count(),
-                   jax_version=jax.__version__, repeats=args.repeats,
+                   jax_version=jax.__version__, repeats=_REPEATS.value,
                    label_agreement=agreement,
                    max_marginal_difference=float(np.abs(ours - reference).max()),
                    results=[dict(step=name.strip(), **row) for name, row in rows.items()],
@@ -124,4 +124,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -13,7 +13,6 @@ warm-up (on a shared machine the best is the steadier number).
 Prints a Markdown table and writes benchmarks/results/decoder_cost.json.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -21,12 +20,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from cct_jax import losses
 from cct_jax import perturbations as pt
 from cct_jax.models.decoders import Decoder
 
 RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'decoder_cost.json')
+
+_REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed runs per row, after one warm-up.')
 BATCH, CHANNELS, NUM_CLASSES = 10, 512, 21
 INPUTS = {'96 x 96': (96, 96), '256 x 128': (256, 128)}  # H x W; z is H/8 x W/8
 # The rows of Table 13, in its order.
@@ -76,10 +78,8 @@ def measure(step, args, repeats):
               median_ms=1e3 * statistics.median(times))
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--repeats', type=int, default=10)
-  args = parser.parse_args()
+def main(argv):
+  del argv
 
   cfg = pt.default_perturbation_config()
   cfg.vat.method = 'finite_difference'
@@ -100,7 +100,7 @@ def main():
     for row_name, perturbation in ROWS:
       step = make_step(decoder, perturbations.get(perturbation))
       row = dict(decoder=row_name, input=size_name, z_shape=list(z_shape),
-                 **measure(step, inputs, args.repeats))
+                 **measure(step, inputs, _REPEATS.value))
       results.append(row)
       print(f"  {size_name:>9} {row_name:<13} {row['peak_mib']:8.1f} MiB "
             f"{row['best_ms']:8.2f} ms", flush=True)
@@ -120,10 +120,10 @@ def main():
   with open(RESULTS, 'w') as f:
     json.dump(dict(batch=BATCH, channels=CHANNELS, num_classes=NUM_CLASSES,
                    backend=jax.default_backend(), device=device, cpu_count=os.cpu_count(),
-                   jax_version=jax.__version__, repeats=args.repeats, results=results),
+                   jax_version=jax.__version__, repeats=_REPEATS.value, results=results),
               f, indent=2)
   print(f'\nwrote {RESULTS}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

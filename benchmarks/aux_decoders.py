@@ -76,7 +76,6 @@ def measure(losses, stacks, z, key, repeats):
 
 def main(argv):
   del argv
-
   counts = perturbations.decoder_counts(perturbations.default_perturbation_config())
   side = (_SIZE.value - 1) // 8 + 1
   decoder = Decoder(21)

@@ -71,7 +71,6 @@ def measure(fn, repeats):
 
 def main(argv):
   del argv
-
   config = crf.default_crf_config()
   image, labels = photo_and_labels(_NUM_CLASSES.value)
   unary = crf.unary_from_labels(labels, _NUM_CLASSES.value, config.gt_prob)

@@ -29,6 +29,7 @@ from cct_jax.models.decoders import Decoder
 RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'decoder_cost.json')
 
 _REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed runs per row, after one warm-up.')
+
 BATCH, CHANNELS, NUM_CLASSES = 10, 512, 21
 INPUTS = {'96 x 96': (96, 96), '256 x 128': (256, 128)}  # H x W; z is H/8 x W/8
 # The rows of Table 13, in its order.
@@ -80,7 +81,6 @@ def measure(step, args, repeats):
 
 def main(argv):
   del argv
-
   cfg = pt.default_perturbation_config()
   cfg.vat.method = 'finite_difference'
   perturbations = pt.build_perturbations(cfg)

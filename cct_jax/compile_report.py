@@ -303,7 +303,7 @@ def compile_for_topology(config) -> dict:
     parallel.check_global_batch('data.batch_size_unlabelled', data.batch_size_unlabelled,
                                 len(devices))
 
-  model = models.model_from_config(config.model, methods.aux_counts(config))
+  model, _ = methods.build(config)
   # The schedule's length is a constant of the program; it changes no shape or FLOP.
   num_steps = max(config.train.num_steps, 1)
   apply_fn, init_variables, tx, key, init_extra = train_step.state_recipe(config, model, num_steps)

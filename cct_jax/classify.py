@@ -97,7 +97,7 @@ class ClassifierTrainer(train.Trainer):
     return self.config.weak.classifier_steps
 
   def create_state(self, num_steps: int):
-    key = jax.random.fold_in(jax.random.key(self.config.seed), 2)
+    key = state_lib.seed_stream(self.config.seed, 'classifier_init')
     state = state_lib.create(
         self.model.apply, lambda k: self.model.init(k, jnp.zeros((1, 64, 64, 3))),
         schedules.make_optimizer(self.config.weak.classifier_optim, num_steps), key, self.mesh)

@@ -18,6 +18,16 @@ from flax.training import train_state
 from cct_jax import checkpointing, parallel
 from cct_jax.models import pretrained
 
+# The independent random streams of `config.seed`, each a fold_in of the seed's key, so that
+# none shifts another: the network's initial weights, the train step's per-step keys, and
+# the image classifier's initial weights (weak supervision, classify.py).
+SEED_STREAMS = {'init': 0, 'train_step': 1, 'classifier_init': 2}
+
+
+def seed_stream(seed: int, name: str) -> jax.Array:
+  """The key of stream `name` (a key of SEED_STREAMS) of `seed`."""
+  return jax.random.fold_in(jax.random.key(seed), SEED_STREAMS[name])
+
 
 class TrainState(train_state.TrainState):
   batch_stats: Any

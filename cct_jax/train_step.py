@@ -3,8 +3,8 @@ accelerators, written once for every trainer (train.py, multidomain.py) and for 
 benchmarks and the TPU compile report.
 
 This module and what it imports need none of the data libraries (grain, tensorflow-datasets)
-or TensorBoard's writer, so that a machine with only jax, flax, optax and orbax (the lent
-GPU's) runs the step: benchmarks/gpu_check.py.
+or TensorBoard's writer, so that a machine with only jax, flax, optax and orbax runs the
+step: benchmarks/gpu_check.py.
 """
 
 import jax
@@ -40,7 +40,7 @@ def make_train_step(config, model, num_steps: int):
   """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
   method = methods.get(config)
   unsup_term = method.make_term(config, model) if method.uses_unlabelled else None
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  base_key = state_lib.seed_stream(config.seed, 'train_step')
   head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
 
   def step_fn(state: TrainState, labelled: dict, unlabelled: dict | None):
@@ -99,7 +99,7 @@ def make_predict_fn(config, model):
 
 def state_recipe(config, model, num_steps: int) -> tuple:
   """The arguments of `state_lib.create` (or `initial`) but the mesh, for `model`."""
-  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  key = state_lib.seed_stream(config.seed, 'init')
   return (model.apply, lambda k: models.init_variables(model, k, (1, 64, 64, 3)),
           schedules.make_optimizer(config.optim, num_steps), key,
           methods.get(config).init_extra)

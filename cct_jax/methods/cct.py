@@ -8,6 +8,10 @@ import jax.numpy as jnp
 from cct_jax import losses, models, perturbations
 from cct_jax.models import cct
 
+# The two streams of the step's key (fold_in of it): the perturbations' draws, and the
+# pixels the pairwise loss samples.
+PERTURBATION_STREAM, PAIRWISE_STREAM = 0, 1
+
 
 def unsupervised_loss(config, aux: dict[str, jax.Array], main_logits, key):
   """L_u averaged over all K auxiliary decoders (Eq. 2), plus the optional pairwise term.
@@ -74,11 +78,12 @@ def make_term(config, model):
                    if one_at_a_time else None)
     (main_u, aux), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
-        perturbations=perturbation_fns, key=jax.random.fold_in(key, 0), resize=False,
+        perturbations=perturbation_fns, key=jax.random.fold_in(key, PERTURBATION_STREAM), resize=False,
         per_decoder=per_decoder, mutable=['batch_stats', 'losses', cct.METRICS])
     if one_at_a_time:
       return jax.tree.map(lambda *v: jnp.mean(jnp.concatenate(v)), *aux.values()), updates
-    loss_u, pairwise = unsupervised_loss(config, aux, main_u, jax.random.fold_in(key, 1))
+    loss_u, pairwise = unsupervised_loss(config, aux, main_u,
+                                        jax.random.fold_in(key, PAIRWISE_STREAM))
     terms = {'unsup': loss_u}
     if config.loss.pairwise_weight > 0:
       terms['pairwise'] = pairwise

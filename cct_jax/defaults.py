@@ -36,7 +36,7 @@ def train_config() -> ml_collections.ConfigDict:
       # so that a restart resumes from the last checkpoint. Progress is seen when a step's
       # metrics are fetched (every log_every steps) and at every evaluation batch, so the
       # limit must outlast the first compile and log_every steps: the full VOC step compiles
-      # in 6-13 minutes on a 2-core CPU and in a few on a TPU or GPU; 30 minutes leaves
+      # in 6-13 minutes on a small CPU and in a few on a TPU or GPU; 30 minutes leaves
       # room for that and a slow filesystem, yet frees a hung slice within the half hour.
       # 0: no watchdog.
       hang_timeout_s=1800,
@@ -117,6 +117,12 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
   # No input worker processes: a few steps cannot repay starting them.
   config.data.update(crop_size=64, base_size=80, resize_to=(64, 64), batch_size_labelled=4,
                      batch_size_unlabelled=4, num_workers=0)
+  return shrink_training_for_smoke_test(config)
+
+
+def shrink_training_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Four steps, evaluated and saved every two, with one decoder per perturbation type:
+  the part of `shrink_for_smoke_test` for a config whose model and data are small already."""
   perturbations.set_counts(config.perturbations, {
       name: min(count, 1)
       for name, count in perturbations.decoder_counts(config.perturbations).items()})

@@ -9,12 +9,12 @@ Debian's `dataset-fashion-mnist`) and optionally `smoke`, which shrinks everythi
 four-step run that checks train + eval + predict (the test suite runs it).
 
 Expected on tex5: test mIoU about 0.75 after 1200 steps with 100 labelled mosaics (about 4
-minutes on 2 CPU cores); with `--config.data.num_labelled=25` 0.63 +- 0.03 over three seeds
+minutes on a small CPU); with `--config.data.num_labelled=25` 0.63 +- 0.03 over three seeds
 (supervised only: 0.58 +- 0.03). benchmarks/accuracy.py measures both datasets at three
 budgets over three seeds.
 """
 
-from cct_jax import defaults, models, perturbations
+from cct_jax import defaults, models
 
 DATASETS = ('tex5', 'fashion5')
 
@@ -69,13 +69,10 @@ def get_config(arg: str = ''):
   if options.labelled is not None:
     config.data.num_labelled = options.labelled
   if options.smoke:
-    config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
+    defaults.shrink_training_for_smoke_test(config)
     config.weak.update(classifier_steps=4, classifier_log_every=2,
                        classifier_checkpoint_every=2)
     config.data.update(num_labelled=4, batch_size_labelled=4, batch_size_unlabelled=4,
                        eval_batch_size=1)
     config.data.generated.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16)
-    perturbations.set_counts(config.perturbations, {
-        name: min(count, 1)
-        for name, count in perturbations.decoder_counts(config.perturbations).items()})
   return config

@@ -5,7 +5,6 @@ The in-process runs and the command-line subprocesses all train the same demo sm
 so the session's compilation cache (tests/conftest.py) compiles it once.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -28,11 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _demo_config(arg: str = 'smoke'):
-  spec = importlib.util.spec_from_file_location('demo_config',
-                                                os.path.join(REPO, 'configs', 'demo.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return defaults.load_config_file(os.path.join(REPO, 'configs', 'demo.py'), arg)
 
 
 def _abstract_state(config, num_steps: int):

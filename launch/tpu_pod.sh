@@ -213,9 +213,10 @@ then
   exit
 fi
 
-# 2. This checkout (without .git, .venv, runs), to ~/cct-jax on every worker.
+# 2. This checkout (without .git, runs and the Makefile's environments: .venv,
+# .venv-latest, .venv-uv), to ~/cct-jax on every worker.
 archive=/tmp/cct-jax-$$.tar.gz
-run tar -czf "$archive" -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./runs \
+run tar -czf "$archive" -C "$REPO" --exclude=./.git --exclude="./.venv*" --exclude=./runs \
     --exclude=__pycache__ --exclude="*.egg-info" .
 run "${GCLOUD[@]}" scp "$archive" "$NAME:cct-jax.tar.gz" "${WHERE[@]}" --worker=all
 on_all_workers 'rm -rf ~/cct-jax && mkdir -p ~/cct-jax && tar -xzf ~/cct-jax.tar.gz -C ~/cct-jax'

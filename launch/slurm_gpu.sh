@@ -3,9 +3,9 @@
 # jax.distributed started in each (it reads the Slurm environment itself).
 #
 #   launch/slurm_gpu.sh --nodes=2 --gpus-per-node=8 --workdir=/shared/runs/voc \
-#       -- --config.data.root=/shared/VOCdevkit/VOC2012
+#       -- --config.data.root=/shared/VOCdevkit/VOC2012 --config.model.pretrained=resnet50_deep.npz
 #   launch/slurm_gpu.sh --help          # every option
-#   launch/slurm_gpu.sh --dry-run ...   # print the sbatch and srun lines, run nothing
+#   launch/slurm_gpu.sh --dry-run ...   # check, print the sbatch and srun lines, run nothing
 #
 # Outside an allocation it submits itself with sbatch; inside one (the batch job, or
 # salloc) it starts the processes with srun. Near the time limit the run saves and the job
@@ -52,7 +52,13 @@ environment, the data and the workdir must be on a filesystem every node sees; s
 environment once with
   python3.12 -m venv .venv && .venv/bin/pip install -e . "jax[cuda12]>=0.11,<0.13"
 Run the same command again to resume from the latest checkpoint in DIR.
-Flags after -- go to cct_jax.main (config overrides: --config.optim.lr=0.02).
+Flags after -- go to cct_jax.main (config overrides: --config.optim.lr=0.02); the
+ImageNet weights (--config.model.pretrained=FILE.npz) are read from the shared filesystem,
+a relative path from the checkout.
+
+Before sbatch, so that no job waits in the queue to fail: the interpreter (--python) reads
+the config and the flags after -- as cct_jax.main will, runs the config's checks, and
+checks that the global batch divides over N x M GPUs.
 
 Options (--opt=VALUE or --opt VALUE):
   --workdir=DIR          shared folder for checkpoints, logs and results (required)
@@ -69,7 +75,7 @@ Options (--opt=VALUE or --opt VALUE):
                          itself and resumes; S must cover a step, the stop, and a save
   --config=FILE[:ARG]    config file in the checkout (default: $CONFIG)
   --python=PATH          Python of the environment (default: .venv/bin/python)
-  --dry-run              print the sbatch / srun commands, run nothing
+  --dry-run              check as above, print the sbatch / srun commands, run nothing
   -h, --help             this help
 
 The global batch (data.batch_size_labelled / _unlabelled) is split over all N x M GPUs:
@@ -84,7 +90,7 @@ whose node failed. The job's output (%x-%j.out) is appended to across requeues.
 EOF
 }
 
-die() { echo "slurm_gpu.sh: $*" >&2; exit 2; }
+die() { echo "error: $*" >&2; exit 2; }
 
 while (($#)); do
   arg=$1
@@ -127,7 +133,7 @@ else
 fi
 
 # shellcheck source=SCRIPTDIR/lib.sh
-source "$REPO/launch/lib.sh"  # quote, run
+source "$REPO/launch/lib.sh"  # quote, run, check_run
 
 # Inside the allocation: NODES x TASKS processes. jax takes the coordinator (the first
 # node), the process count and each process's id from Slurm; with one process per GPU it
@@ -178,6 +184,14 @@ if [[ -n ${SLURM_JOB_ID:-} ]]; then
   fi
   exit "$status"
 fi
+
+# Outside the allocation: what the run would stop on as it starts, checked before a job
+# waits in the queue for it.
+[[ -f $REPO/${CONFIG%%:*} ]] || die "no config file $REPO/${CONFIG%%:*}"
+[[ -x $PYTHON ]] || die "--python=$PYTHON: no such interpreter (set up the environment as" \
+                        "--help says)"
+check_run "$PYTHON" $((NODES * GPUS)) --config="$CONFIG" --workdir="$WORKDIR" \
+    ${EXTRA[@]+"${EXTRA[@]}"} >/dev/null
 
 sbatch_command=(sbatch --nodes="$NODES" --ntasks-per-node="$TASKS" --gpus-per-node="$GPUS"
                 --cpus-per-task="$CPUS" --time="$TIME" --signal="B:USR1@$GRACE" --requeue

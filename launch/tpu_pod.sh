@@ -5,7 +5,8 @@
 # running the same command again attaches to the run (or resumes it once it has stopped).
 #
 #   launch/tpu_pod.sh --bucket=gs://my-bucket --run=voc-1464 --data=gs://my-bucket/VOCdevkit \
-#       -- --config.data.root=/tmp/cct_data/VOCdevkit/VOC2012
+#       -- --config.data.root=/tmp/cct_data/VOCdevkit/VOC2012 \
+#       --config.model.pretrained=gs://my-bucket/resnet50_deep.npz
 #   launch/tpu_pod.sh --bucket=gs://my-bucket --run=voc-1464 --follow   # its console log
 #   launch/tpu_pod.sh --help          # every option
 #   launch/tpu_pod.sh --dry-run ...   # print the commands instead of running them
@@ -16,7 +17,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NAME=cct-jax
 ZONE=us-central2-b
 ACCELERATOR=v4-32
-VERSION=tpu-ubuntu2204-base
+VERSION=""  # from the accelerator type (runtime_version)
 PROJECT=""
 BUCKET=""
 CONFIG=configs/voc.py
@@ -28,6 +29,7 @@ QUEUED=0
 FOLLOW=1
 FOLLOW_ONLY=0
 POLL_SECONDS=30
+PYTHON=""  # checks the config here; default: .venv/bin/python when there is one
 DRY_RUN=0
 EXTRA=()
 
@@ -47,13 +49,20 @@ log; once RUN has stopped (preempted, failed, done), it starts it again, and tra
 resumes from the latest checkpoint. Flags after -- go to python -m cct_jax.main (config
 overrides: --config.optim.lr=0.02).
 
+Before anything is created, this checkout's Python (--python) reads the config and the
+flags after -- as cct_jax.main will and runs the config's checks; ImageNet weights on a
+bucket (--config.model.pretrained=gs://...) are looked up with gcloud storage. The
+weights' .npz goes in the bucket, or in this checkout, which travels (a relative path).
+
 Options (--opt=VALUE or --opt VALUE):
   --bucket=gs://B          bucket for the workdir (required)
   --name=NAME              TPU VM name (default: $NAME)
   --zone=ZONE              zone (default: $ZONE)
   --accelerator-type=T     slice to create (default: $ACCELERATOR)
-  --version=V              TPU VM software version (default: $VERSION; v5e:
-                           v2-alpha-tpuv5-lite, v6e: v2-alpha-tpuv6e)
+  --version=V              TPU VM software version (default: the accelerator's, as
+                           cloud.google.com/tpu/docs/runtimes names them: v2, v3, v4
+                           tpu-ubuntu2204-base; v5e (v5litepod-N) v2-alpha-tpuv5-lite;
+                           v5p v2-alpha-tpuv5; v6e v2-alpha-tpuv6e)
   --project=P              Google Cloud project (default: gcloud's configured one)
   --spot                   create the slice as Spot VMs
   --queued                 ask for the slice as the queued resource NAME and wait until it
@@ -64,10 +73,13 @@ Options (--opt=VALUE or --opt VALUE):
   --run=RUN                run name; workdir gs://B/runs/RUN (default: the config's name)
   --data=gs://B/PATH       copy this bucket folder to $DATA_DIR on every worker first;
                            point the config at it (--config.data.root=$DATA_DIR/...)
+  --python=PATH            Python that checks the config here (default: .venv/bin/python;
+                           none there: the config is not checked)
   --follow                 only follow worker 0's console log of RUN (Ctrl-C stops the
                            following, not the training)
   --no-follow              start (or find) the run, then return
-  --dry-run                print the commands, run nothing (not even gcloud look-ups)
+  --dry-run                check the config, print the commands, run nothing (not even
+                           gcloud look-ups)
   -h, --help               this help
 
 The global batch (data.batch_size_labelled / _unlabelled) is split over all the slice's
@@ -76,7 +88,20 @@ devices). See README.md, "Scaling out", for the learning rate.
 EOF
 }
 
-die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
+die() { echo "error: $*" >&2; exit 2; }
+
+# The TPU VM software version for an accelerator type, as Google's table of them names it
+# (cloud.google.com/tpu/docs/runtimes: the base images to install JAX on); fails for a
+# generation it does not name.
+runtime_version() {
+  case $1 in
+    v2-*|v3-*|v4-*) echo tpu-ubuntu2204-base ;;
+    v5litepod-*|v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) return 1 ;;
+  esac
+}
 
 while (($#)); do
   arg=$1
@@ -103,6 +128,7 @@ while (($#)); do
     --config) CONFIG=$value ;;
     --run) RUN=$value ;;
     --data) DATA=${value%/} ;;
+    --python) PYTHON=$value ;;
     *) die "unknown option $key (see --help)" ;;
   esac
 done
@@ -110,6 +136,15 @@ done
 [[ $BUCKET == gs://* ]] || die "--bucket=gs://BUCKET is required (see --help)"
 [[ -z $DATA || $DATA == gs://* ]] || die "--data must be a gs:// folder"
 [[ -f $REPO/${CONFIG%%:*} ]] || die "no config file $REPO/${CONFIG%%:*}"
+if [[ -z $VERSION ]]; then
+  VERSION=$(runtime_version "$ACCELERATOR") ||
+    die "no TPU software version known for --accelerator-type=$ACCELERATOR; pass --version"
+fi
+if [[ -n $PYTHON ]]; then
+  [[ -x $PYTHON ]] || die "--python=$PYTHON: no such interpreter"
+elif [[ -x $REPO/.venv/bin/python ]]; then
+  PYTHON=$REPO/.venv/bin/python
+fi
 if [[ -z $RUN ]]; then
   RUN=$(basename "${CONFIG%%:*}" .py)
 fi
@@ -126,7 +161,7 @@ if [[ -n $PROJECT ]]; then
 fi
 
 # shellcheck source=SCRIPTDIR/lib.sh
-source "$REPO/launch/lib.sh"  # quote, command_line, run
+source "$REPO/launch/lib.sh"  # quote, command_line, run, check_run
 
 # Runs a shell command line on every worker of the slice.
 on_all_workers() {
@@ -144,6 +179,18 @@ is_training+=" | grep -q cct_jax.main"
 if ((FOLLOW_ONLY)); then
   run "${follow[@]}"
   exit
+fi
+
+# 0. What the run would stop on as it starts, checked here before a slice is paid for.
+train_flags=(--config="$CONFIG" --workdir="$WORKDIR" ${EXTRA[@]+"${EXTRA[@]}"})
+if [[ -n $PYTHON ]]; then
+  bucket_weights=$(check_run "$PYTHON" 0 "${train_flags[@]}")
+  if [[ -n $bucket_weights ]]; then
+    run gcloud storage ls "$bucket_weights" ||
+      die "model.pretrained=$bucket_weights: no such file in the bucket"
+  fi
+else
+  echo "# the config is not checked here: no .venv/bin/python (make creates it) nor --python"
 fi
 
 # The state of the queued resource NAME (ACTIVE, WAITING_FOR_RESOURCES, ...); '' if none.
@@ -239,8 +286,7 @@ fi
 #    console.log and copied to the bucket when training ends. A worker where RUN still
 #    trains starts nothing. --multihost starts jax.distributed, which detects the slice;
 #    the trainer resumes from the latest checkpoint in the workdir.
-train=(../cct-venv/bin/python -m cct_jax.main --multihost --config="$CONFIG"
-       --workdir="$WORKDIR" ${EXTRA[@]+"${EXTRA[@]}"})
+train=(../cct-venv/bin/python -m cct_jax.main --multihost "${train_flags[@]}")
 log="$RUN_DIR/console.log"
 detached="cd ~/cct-jax && PYTHONUNBUFFERED=1 $(command_line "${train[@]}") >> $log 2>&1"
 detached+="; status=\$?; gcloud storage cp $log $(quote "$WORKDIR/console")/\$(hostname).log"

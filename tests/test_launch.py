@@ -1,10 +1,15 @@
-"""The launch scripts (issues 8, 27): shellcheck-clean, --help, and --dry-run printing the
-gcloud / sbatch / srun commands they would run, which a real run then runs (stand-ins for
-gcloud and the Slurm tools on the PATH record their arguments). Slurm: CPUs per task, the
-time-limit signal, stop and requeue; TPU: training detached from SSH, attached to (not
-started twice) on a second run, queued resources."""
+"""The launch scripts (issues 8, 27, 37): shellcheck-clean, --help, and --dry-run printing
+the gcloud / sbatch / srun commands they would run, which a real run then runs (stand-ins
+for gcloud and the Slurm tools on the PATH record their arguments). Slurm: CPUs per task,
+the time-limit signal, stop and requeue; TPU: training detached from SSH, attached to (not
+started twice) on a second run, queued resources, the software version of each
+accelerator. README's "Scaling out" commands, run as written with --dry-run, through the
+config checks both scripts make before anything is created or queued; the ImageNet weights
+read from a bucket; benchmarks/gpu_check.sh's help."""
 
+import io
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -12,13 +17,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from etils.epath import testing as epath_testing
 
 from cct_jax import watchdog
+from cct_jax.models import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(REPO, 'launch', 'tpu_pod.sh')
 SLURM = os.path.join(REPO, 'launch', 'slurm_gpu.sh')
+GPU_CHECK = os.path.join(REPO, 'benchmarks', 'gpu_check.sh')
 
 # What each stand-in does besides recording its arguments. Environment switches:
 # FAKE_SLICE=1 (the TPU VM exists), FAKE_TRAINING=1 (worker 0 runs the training),
@@ -55,7 +64,9 @@ def _shellcheck() -> str:
 @pytest.fixture
 def fake_tools(tmp_path):
   """gcloud, sbatch, srun, scancel and scontrol that append their arguments to calls.log
-  and act as _BEHAVIOUR says; by default no TPU VM or queued resource exists."""
+  and act as _BEHAVIOUR says; by default no TPU VM or queued resource exists. The
+  scripts' config check, whose own tests are below, runs in FAKE_PYTHON, which passes
+  (it takes a few seconds in a real one)."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   log = tmp_path / 'calls.log'
@@ -67,14 +78,21 @@ def fake_tools(tmp_path):
                       f'echo >> {log}\n'
                       f'{behaviour}\n')
     script.chmod(0o755)
-  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', STATE=str(tmp_path))
+  python = bin_dir / 'python-that-passes'
+  python.write_text('#!/usr/bin/env bash\ncat > /dev/null\n')
+  python.chmod(0o755)
+  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', STATE=str(tmp_path),
+             FAKE_PYTHON=str(python))
   env.pop('SLURM_JOB_ID', None)
   return env, log
 
 
-def _run(script, *args, env, check=True):
+def _run(script, *args, env, check=True, cwd=None):
+  """`script` with `args`, in FAKE_PYTHON unless the args name a --python."""
+  if 'FAKE_PYTHON' in env and not any(a.startswith('--python') for a in args):
+    args = (f'--python={env["FAKE_PYTHON"]}', *args)
   result = subprocess.run(['bash', script, *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+                          timeout=60, cwd=cwd)
   if check:
     assert result.returncode == 0, result.stderr
   return result
@@ -110,7 +128,7 @@ def _start_line(commands) -> str:
 
 def test_launch_scripts_pass_shellcheck():
   library = os.path.join(REPO, 'launch', 'lib.sh')
-  result = subprocess.run([_shellcheck(), '--severity=style', TPU, SLURM, library],
+  result = subprocess.run([_shellcheck(), '--severity=style', TPU, SLURM, library, GPU_CHECK],
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
 
@@ -290,7 +308,8 @@ def test_slurm_dry_run_prints_sbatch_and_srun(fake_tools):
   assert {'--cpus-per-task=8', '--signal=B:USR1@300', '--requeue',
           '--open-mode=append'} <= set(sbatch)
   # The job runs this script again, with the same options but --dry-run.
-  assert sbatch[sbatch.index(SLURM):] == [SLURM, '--nodes=2', '--gpus-per-node=8',
+  assert sbatch[sbatch.index(SLURM):] == [SLURM, f'--python={env["FAKE_PYTHON"]}',
+                                          '--nodes=2', '--gpus-per-node=8',
                                           '--partition=gpu', '--workdir=/shared/runs/voc',
                                           '--', '--config.data.root=/shared/VOC2012']
   assert srun[0] == 'srun' and {'--nodes=2', '--ntasks-per-node=8',
@@ -359,3 +378,151 @@ def test_slurm_job_requeues_after_a_hang_or_a_lost_process(fake_tools, status, r
                                                  SLURM_RESTART_COUNT=restarts), check=False)
   assert result.returncode == status
   assert (['scontrol', 'requeue', '42'] in _calls(log)) == requeued
+
+
+@pytest.mark.parametrize('accelerator, version', [
+    ('v4-32', 'tpu-ubuntu2204-base'), ('v5litepod-8', 'v2-alpha-tpuv5-lite'),
+    ('v5p-8', 'v2-alpha-tpuv5'), ('v6e-16', 'v2-alpha-tpuv6e')])
+def test_tpu_pod_takes_the_software_version_of_the_accelerator(fake_tools, accelerator,
+                                                               version):
+  env, _ = fake_tools
+  for queued in ((), ('--queued',)):
+    [create, *_] = _printed(_run(TPU, '--dry-run', '--bucket=gs://b', *queued,
+                                 f'--accelerator-type={accelerator}', env=env).stdout)
+    assert create[-1] in (f'--version={version}', f'--runtime-version={version}')
+    [create, *_] = _printed(_run(TPU, '--dry-run', '--bucket=gs://b', *queued,
+                                 f'--accelerator-type={accelerator}', '--version=mine',
+                                 env=env).stdout)
+    assert create[-1] in ('--version=mine', '--runtime-version=mine')
+
+
+def test_tpu_pod_refuses_an_accelerator_without_a_known_version(fake_tools):
+  env, log = fake_tools
+  result = _run(TPU, '--dry-run', '--bucket=gs://b', '--accelerator-type=v7-8', env=env,
+                check=False)
+  assert result.returncode == 2
+  assert result.stderr == ('error: no TPU software version known for '
+                           '--accelerator-type=v7-8; pass --version\n')
+  assert _printed(_run(TPU, '--dry-run', '--bucket=gs://b', '--accelerator-type=v7-8',
+                       '--version=v2-alpha-tpu7', env=env).stdout)[0][-1] == (
+                           '--version=v2-alpha-tpu7')
+  assert not _calls(log)
+
+
+def _readme_commands() -> list[list[str]]:
+  """The commands of the first bash block of README's "Scaling out", as the shell reads
+  them (continuation lines joined, comments dropped)."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  section = readme[readme.index('\n## Scaling out\n'):]
+  section = section[:section.index('\n## ', 1)]
+  block = section.split('```bash\n', 1)[1].split('```', 1)[0]
+  lines = block.replace('\\\n', ' ').splitlines()
+  return [words for words in (shlex.split(line, comments=True) for line in lines) if words]
+
+
+@pytest.fixture
+def checkout(tmp_path):
+  """A checkout as README's commands expect one: the scripts, the package, its configs and
+  environment, and the ImageNet weights resnet50_deep.npz at its root."""
+  root = tmp_path / 'checkout'
+  (root / 'launch').mkdir(parents=True)
+  for script in ('tpu_pod.sh', 'slurm_gpu.sh', 'lib.sh'):
+    shutil.copy(os.path.join(REPO, 'launch', script), root / 'launch' / script)
+  for shared in ('cct_jax', 'configs', '.venv'):
+    (root / shared).symlink_to(os.path.join(REPO, shared))
+  np.savez(root / 'resnet50_deep.npz', stem=np.array('deep'))
+  return root
+
+
+def test_readme_scaling_out_commands_run_as_written(fake_tools, checkout):
+  """Every command of the block, with --dry-run after the script: each passes its checks
+  (in the checkout's own .venv: config, overrides, weights, the batch over Slurm's GPUs)
+  and prints what it would run, with README's flags for cct_jax.main passed on whole."""
+  env, log = fake_tools
+  del env['FAKE_PYTHON']  # the real check, as a user's run makes it
+  commands = _readme_commands()
+  assert {c[0] for c in commands} == {'launch/tpu_pod.sh', 'launch/slurm_gpu.sh'}
+  for script, *args in commands:
+    result = _run(script, '--dry-run', *args, env=env, cwd=checkout, check=False)
+    assert result.returncode == 0, (script, args, result.stderr)
+    printed = _printed(result.stdout)
+    if '--follow' in args:
+      assert _remote(printed[-1]).startswith('tail ')
+      continue
+    flags = args[args.index('--') + 1:]
+    if script.endswith('slurm_gpu.sh'):
+      srun = next(c for c in printed if c[0] == 'srun')
+      assert srun[-len(flags):] == flags
+      continue
+    # TPU: the bucket's weights looked up before the slice is created; README's flags in
+    # the line that starts training; the software version of the accelerator.
+    assert printed[0] == ['gcloud', 'storage', 'ls', 'gs://my-bucket/resnet50_deep.npz']
+    start = shlex.split(_start_line(printed))
+    detached = shlex.split(start[start.index('setsid') + 3])
+    assert detached[detached.index('>>') - len(flags):detached.index('>>')] == flags
+    create = printed[1]
+    accelerator = next(a for a in create if a.startswith('--accelerator-type='))
+    version = {'--accelerator-type=v4-32': 'tpu-ubuntu2204-base',
+               '--accelerator-type=v6e-16': 'v2-alpha-tpuv6e'}[accelerator]
+    assert {f'--version={version}', f'--runtime-version={version}'} & set(create)
+  assert not _calls(log), 'a dry run ran a tool'
+
+
+def test_slurm_checks_before_sbatch(fake_tools, checkout):
+  """What would otherwise fail only once the job has waited in the queue: one error: line,
+  nothing submitted."""
+  env, log = fake_tools
+  del env['FAKE_PYTHON']
+  [readme_slurm] = [c for c in _readme_commands() if c[0] == 'launch/slurm_gpu.sh']
+  script, *args = readme_slurm
+  cases = [
+      (['--config=configs/nope.py'], 2, f'error: no config file {checkout}/configs/nope.py'),
+      (['--python=/no/python'], 2, 'error: --python=/no/python: no such interpreter'),
+      # 16 + 16 over 3 nodes x 8 GPUs
+      (['--nodes=3'], 1, 'error: data.batch_size_labelled=16 does not divide over 24 devices'),
+  ]
+  options, flags = args[:args.index('--')], args[args.index('--'):]
+  for extra, status, error in cases:
+    result = _run(script, '--dry-run', *options, *extra, *flags, env=env, cwd=checkout,
+                  check=False)
+    assert (result.returncode, result.stdout) == (status, ''), result.stderr
+    assert result.stderr.startswith(error) and result.stderr.count('\n') == 1, result.stderr
+  assert not _calls(log)
+
+
+def test_weights_read_from_a_bucket(tmp_path):
+  """model.pretrained=gs://...: looked up and read through epath (here a bucket that is a
+  local folder), as every worker of a pod slice reads it."""
+  trunk = {'params': {'conv': {'kernel': np.zeros((3, 3, 3, 8), np.float32)}},
+           'batch_stats': {'bn': {'mean': np.zeros(8, np.float32)}}}
+  np.savez(tmp_path / 'resnet50_deep.npz', stem=np.array('deep'),
+           **{'params/conv/kernel': np.ones((3, 3, 3, 8)), 'batch_stats/bn/mean': np.ones(8)})
+
+  def local(path) -> str:
+    return str(path).replace('gs://my-bucket', str(tmp_path))
+
+  bucket = epath_testing.mock_epath(
+      exists=lambda _, path: os.path.exists(local(path)),
+      isdir=lambda _, path: os.path.isdir(local(path)),
+      open=lambda _, path, mode='r', **kwargs: io.open(local(path), mode, **kwargs))
+  model_cfg = lambda path: type('ModelConfig', (), {'pretrained': path, 'encoder_from': ''})
+  with bucket:
+    pretrained.check_pretrained_config(model_cfg('gs://my-bucket/resnet50_deep.npz'))
+    loaded = pretrained.load_trunk_weights(trunk, 'gs://my-bucket/resnet50_deep.npz', 'deep')
+    with pytest.raises(pretrained.PretrainedWeightsError, match='no such file'):
+      pretrained.check_pretrained_config(model_cfg('gs://my-bucket/elsewhere.npz'))
+  np.testing.assert_array_equal(loaded['params']['conv']['kernel'], 1)
+  assert loaded['batch_stats']['bn']['mean'].dtype == np.float32
+
+
+def test_gpu_check_help_needs_no_python():
+  """Its help with a Python that has none of the packages (or none at all), naming every
+  option of gpu_check.py but those the script sets itself (--out) or hides (--child)."""
+  for python in ('python3', '/no/python'):
+    result = subprocess.run(['bash', GPU_CHECK, '--help'], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHON=python), timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith('Usage:'), result.stderr
+  with open(os.path.join(REPO, 'benchmarks', 'gpu_check.py')) as f:
+    options = set(re.findall(r"add_argument\('(--\w+)'", f.read())) - {'--out', '--child'}
+  assert options and all(option in result.stdout for option in options)

@@ -6,12 +6,16 @@ scratch. The paper's configs leave it empty and stop before anything starts unti
 set: the authors' code trains from scratch when its weight file is missing, without a word,
 and a run from scratch misses the paper's numbers by far. Here a missing or mismatched file
 always stops the run with the file and the offending keys named.
+
+The file may be local or on a bucket (`gs://...`, read through etils.epath with gcsfs:
+`pip install cct-jax[gcs]`), so that every worker of a pod slice reads the same one.
 """
 
-import os
+import io
 
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import traverse_util
 
 FROM_SCRATCH = 'none'
@@ -41,9 +45,18 @@ def check_pretrained_config(model_cfg) -> None:
   setting = model_cfg.pretrained
   if setting == REQUIRED and not model_cfg.encoder_from:
     raise PretrainedWeightsError(f'model.pretrained is not set: {WHERE_THE_WEIGHTS_COME_FROM}')
-  if setting not in (REQUIRED, FROM_SCRATCH) and not os.path.isfile(setting):
+  if setting not in (REQUIRED, FROM_SCRATCH) and not _is_file(setting):
     raise PretrainedWeightsError(
         f'model.pretrained={setting}: no such file; {WHERE_THE_WEIGHTS_COME_FROM}')
+
+
+def _is_file(path: str) -> bool:
+  """Whether `path`, local or on a bucket, is a file."""
+  try:
+    return epath.Path(path).is_file()
+  except ImportError as e:  # gs:// without gcsfs: say what to install, not where it failed
+    raise PretrainedWeightsError(f'model.pretrained={path}: {e} '
+                                 '(pip install "cct-jax[gcs]")') from e
 
 
 def weights_file(model_cfg) -> str | None:
@@ -65,10 +78,12 @@ def load_trunk_weights(trunk_variables: dict, path: str, stem: str | None = None
   nothing else: a partial load would silently train part of the trunk from scratch. The
   template's leaves may be arrays or `jax.ShapeDtypeStruct`s.
   """
-  if not os.path.isfile(path):
+  if not _is_file(path):
     raise PretrainedWeightsError(f'{path}: no such file; {WHERE_THE_WEIGHTS_COME_FROM}')
   try:
-    with np.load(path) as archive:
+    # Read whole, in one request (the trunk is ~100 MB), rather than np.load seeking
+    # through a bucket's object.
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as archive:
       arrays = dict(archive)
   except (OSError, ValueError) as e:
     raise PretrainedWeightsError(f'{path}: not a readable .npz file ({e})') from e

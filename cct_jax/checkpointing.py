@@ -15,6 +15,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from cct_jax import errors
+
 
 @functools.cache
 def _one_writer_per_array_on_cpu() -> None:
@@ -66,7 +68,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   """
   step = mngr.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {mngr.directory}')
+    raise errors.NoCheckpointError(f'no checkpoint in {mngr.directory}')
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored['state']
@@ -78,7 +80,7 @@ def restore_arrays(directory: str) -> dict:
   mngr = manager(directory, max_to_keep=None)
   step = mngr.latest_step()
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {mngr.directory}')
+    raise errors.NoCheckpointError(f'no checkpoint in {mngr.directory}')
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return jax.device_get(restored['state'])
 

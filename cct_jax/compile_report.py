@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.experimental import topologies
 
-from cct_jax import (checkpointing, evaluate, methods, models, parallel, perturbations,
+from cct_jax import (checkpointing, errors, evaluate, methods, models, parallel, perturbations,
                      train_step)
 from cct_jax import state as state_lib
 from cct_jax.data import factory as data_factory
@@ -65,12 +65,12 @@ CHIPS = {
 def chip_of(topology: str) -> Chip:
   kind = topology.split(':')[0]
   if kind not in CHIPS:
-    raise ValueError(f'compile.topology={topology!r}: the chip kind must be one of '
-                     f'{tuple(CHIPS)} (e.g. v5e:2x4)')
+    raise errors.UserError(f'compile.topology={topology!r}: the chip kind must be one of '
+                           f'{tuple(CHIPS)} (e.g. v5e:2x4)')
   return CHIPS[kind]
 
 
-class LibtpuMissing(RuntimeError):
+class LibtpuMissing(errors.UserError, RuntimeError):
   """libtpu, which compiles for TPUs, is not installed."""
 
 
@@ -283,8 +283,8 @@ def compile_for_topology(config) -> dict:
   config.model.cpu_conv = 'off'  # the TPU's convolutions, not the CPU workaround
   steps = config.compile.steps.split(',')
   if not steps or set(steps) - set(STEPS):
-    raise ValueError(f'compile.steps takes a comma-separated subset of {STEPS}, got '
-                     f'{config.compile.steps!r}')
+    raise errors.UserError(f'compile.steps takes a comma-separated subset of {STEPS}, got '
+                           f'{config.compile.steps!r}')
   data_factory.check_data_config(config.data)
   methods.check_config(config)
   perturbations.build_perturbations(config.perturbations)

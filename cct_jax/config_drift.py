@@ -15,7 +15,7 @@ from typing import Any
 from absl import logging
 from etils import epath
 
-from cct_jax import methods
+from cct_jax import errors, methods
 
 SAVED_CONFIG = 'config.json'
 
@@ -35,7 +35,7 @@ _STATE_FIELDS = frozenset({'train.mode', 'optim.name', 'data.num_classes',
 _DOMAIN_CLASSES = re.compile(r'domains\.[^.]+\.num_classes')
 
 
-class ConfigDriftError(ValueError):
+class ConfigDriftError(errors.UserError):
   """The config changes what the workdir's checkpoints hold."""
 
 

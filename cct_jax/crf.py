@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cct_jax import errors
 from cct_jax.labels import IGNORE_INDEX
 
 
@@ -220,9 +221,9 @@ def _check_config(config: ml_collections.ConfigDict):
   for name in ('gaussian.sxy', 'bilateral.sxy', 'bilateral.srgb'):
     section, key = name.split('.')
     if not config[section][key] > 0:
-      raise ValueError(f'crf config {name} must be > 0, got {config[section][key]}')
+      raise errors.UserError(f'crf config {name} must be > 0, got {config[section][key]}')
   if config.iterations < 0:
-    raise ValueError(f'crf config iterations must be >= 0, got {config.iterations}')
+    raise errors.UserError(f'crf config iterations must be >= 0, got {config.iterations}')
 
 
 def dense_crf(image, unary, config: ml_collections.ConfigDict) -> jax.Array:

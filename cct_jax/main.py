@@ -32,9 +32,8 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from cct_jax import (classify, compile_report, config_drift, data, multidomain, parallel,
-                     predict, summary, train, watchdog, writers)
-from cct_jax.models import pretrained
+from cct_jax import (classify, compile_report, config_overrides, data, errors, multidomain,
+                     parallel, predict, summary, train, watchdog, writers)
 from cct_jax.weak import pseudo_labels
 
 FLAGS = flags.FLAGS
@@ -85,18 +84,17 @@ def main(argv):
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
   multihost = FLAGS.multihost or FLAGS.coordinator_address
-  if multihost:
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id,
-                                    heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
   goes_on = (f'the same command, run again{" on every host" if multihost else ""}, '
              + GOES_ON.get(FLAGS.mode, '').format(workdir=FLAGS.workdir))
   hang_timeout_s = FLAGS.config.train.hang_timeout_s if FLAGS.mode in GOES_ON else 0
   try:
+    if multihost:
+      parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id,
+                                      heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
     with watchdog.armed(hang_timeout_s, resume=goes_on):
       run(FLAGS.config, FLAGS.workdir)
-  except (config_drift.ConfigDriftError, pretrained.PretrainedWeightsError, data.DataError,
-          compile_report.LibtpuMissing) as error:  # the user's to fix: the message, not a traceback
+  except errors.UserError as error:  # the user's to fix: the message, not a traceback
     sys.exit(f'error: {error}')
   except jax.errors.JaxRuntimeError as error:
     watchdog.exit_if_process_lost(error, resume=goes_on)
@@ -135,5 +133,34 @@ def run(config, workdir: str) -> None:
       data.check_dataset(config.data)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing of the flags (app.run's default), where an override of a field the
+  config does not have ends in one 'error:' line naming the field meant, rather than in
+  ml_collections' traceback: the parsing happens before `main`, outside its except."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):  # what ml_collections raises for a missing field
+    problem = unknown_overrides(argv)
+    if problem is None:  # not an override's doing: a bug, which keeps its traceback
+      raise
+    sys.exit(f'error: {problem}')
+
+
+def unknown_overrides(argv: list[str]) -> str | None:
+  """The line for `--config.<field>` overrides in `argv` of fields that the config, loaded
+  again without them, lacks; None when every one names a field."""
+  argv = FLAGS.read_flags_from_files(argv, force_gnu=False)  # as ml_collections reads them
+  source = config_overrides.config_argument(argv)
+  if source is None:
+    return None
+  config = FLAGS['config'].parser.parse(source)
+  return config_overrides.check_overrides(config, argv, source)
+
+
+def cli() -> None:
+  """`python -m cct_jax.main`."""
+  app.run(main, flags_parser=parse_flags)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  cli()

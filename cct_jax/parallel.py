@@ -15,6 +15,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from cct_jax import errors
+
 
 # A lost process ends the others within a minute (initialize_distributed).
 HEARTBEAT_TIMEOUT_S = 60
@@ -44,9 +46,9 @@ def initialize_distributed(coordinator_address: str | None = None,
   """
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
-    raise ValueError('pass coordinator_address, num_processes and process_id together, or '
-                     'none of them (auto-detection on Cloud TPU and Slurm); got '
-                     f'{coordinator_address=}, {num_processes=}, {process_id=}')
+    raise errors.UserError('pass coordinator_address, num_processes and process_id together, or '
+                           'none of them (auto-detection on Cloud TPU and Slurm); got '
+                           f'{coordinator_address=}, {num_processes=}, {process_id=}')
   jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id,
@@ -82,7 +84,7 @@ def check_global_batch(name: str, global_batch: int, devices: int | None = None)
   say so before anything runs."""
   devices = devices or jax.device_count()
   if global_batch % devices:
-    raise ValueError(
+    raise errors.UserError(
         f'{name}={global_batch} does not divide over {devices} devices; use a multiple of '
         f'{devices} (e.g. {max(devices, global_batch // devices * devices)})')
 

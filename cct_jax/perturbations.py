@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cct_jax import errors
+
 Perturbation = Callable[..., jax.Array]
 
 VAT_METHODS = ('auto', 'finite_difference', 'hvp')
@@ -276,8 +278,8 @@ def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
 
 def _check_vat(hyper_parameters: dict) -> None:
   if hyper_parameters['method'] not in VAT_METHODS:
-    raise ValueError(f"perturbations.vat.method {hyper_parameters['method']!r} not in "
-                     f'{VAT_METHODS}')
+    raise errors.UserError(f"perturbations.vat.method {hyper_parameters['method']!r} not in "
+                           f'{VAT_METHODS}')
 
 
 @register('vat', dict(count=2, method='auto', xi=1e-6, eps=2.0, iterations=1),
@@ -316,11 +318,11 @@ def _blocks(cfg) -> dict[str, ml_collections.ConfigDict]:
             if isinstance(value, ml_collections.ConfigDict)}
   unknown = sorted(blocks.keys() - PERTURBATIONS.keys())
   if unknown:
-    raise ValueError(f'unknown perturbation types {unknown}; the registered ones are '
-                     f'{sorted(PERTURBATIONS)}')
+    raise errors.UserError(f'unknown perturbation types {unknown}; the registered ones are '
+                           f'{sorted(PERTURBATIONS)}')
   missing = sorted(PERTURBATIONS.keys() - blocks.keys())
   if missing:
-    raise ValueError(f'perturbations: no config block for {missing}')
+    raise errors.UserError(f'perturbations: no config block for {missing}')
   return {name: blocks[name] for name in sorted(blocks)}
 
 
@@ -334,7 +336,7 @@ def set_counts(cfg, counts: Mapping[str, int]) -> None:
   blocks = _blocks(cfg)
   unknown = sorted(counts.keys() - blocks.keys())
   if unknown:
-    raise ValueError(f'unknown perturbation types {unknown}')
+    raise errors.UserError(f'unknown perturbation types {unknown}')
   for name, count in counts.items():
     blocks[name].count = count
 
@@ -348,12 +350,12 @@ def _hyper_parameters(cfg, name: str, block) -> dict:
   given = {k: v for k, v in block.items() if k != 'count'}
   stray = sorted(given.keys() - set(wanted))
   if stray:
-    raise ValueError(f'perturbations.{name}: no hyper-parameter {stray[0]!r} '
-                     f'({registered.perturb.__name__} takes {wanted})')
+    raise errors.UserError(f'perturbations.{name}: no hyper-parameter {stray[0]!r} '
+                           f'({registered.perturb.__name__} takes {wanted})')
   shared = [k for k in wanted if k not in given]
   absent = [k for k in shared if k not in cfg]
   if absent:
-    raise ValueError(f'perturbations: {name} needs {absent[0]!r}, in its block or shared')
+    raise errors.UserError(f'perturbations: {name} needs {absent[0]!r}, in its block or shared')
   hyper_parameters = {**given, **{k: cfg[k] for k in shared}}
   if registered.check is not None:
     registered.check(hyper_parameters)

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cct_jax import errors
+
 
 def _gaussian(x):
   return jnp.exp(-5.0 * jnp.square(1.0 - x))
@@ -111,7 +113,7 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict,
   included.
   """
   if optim_cfg.name not in OPTIMIZERS:
-    raise ValueError(f'optim.name must be one of {OPTIMIZERS}, got {optim_cfg.name!r}')
+    raise errors.UserError(f'optim.name must be one of {OPTIMIZERS}, got {optim_cfg.name!r}')
 
   def optimizer(lr_multiplier):
     learning_rate = poly_schedule(optim_cfg.lr * lr_multiplier, total_steps,

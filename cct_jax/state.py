@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from etils import epath
 from flax.training import train_state
 
-from cct_jax import checkpointing, parallel
+from cct_jax import checkpointing, errors, parallel
 from cct_jax.models import pretrained
 
 # The independent random streams of `config.seed`, each a fold_in of the seed's key, so that
@@ -94,27 +94,54 @@ def with_encoder_from(state: TrainState, run_dir: str, mesh,
   shapes = lambda tree: jax.tree_util.tree_map_with_path(
       lambda path, x: (jax.tree_util.keystr(path), x.shape), tree)
   if jax.tree.leaves(shapes(encoder)) != jax.tree.leaves(shapes(expected)):
-    raise ValueError(f'{run_dir}: its encoder does not match config.model (pre-trained with '
-                     'another model config?)')
+    raise errors.UserError(f'{run_dir}: its encoder does not match config.model '
+                           '(pre-trained with another model config?)')
   return _with_encoder(state, encoder, mesh, init_extra)
+
+
+# Where a run keeps checkpoints, in the order a restore looks: the best, then the latest.
+CHECKPOINT_DIRS = ('best', 'checkpoints')
+
+
+def kept_steps(workdir: str) -> dict[str, list[int]]:
+  """{'best' / 'checkpoints': the steps kept there}, for those of the two in `workdir`."""
+  kept = {}
+  for name in CHECKPOINT_DIRS:
+    directory = os.path.join(workdir, name)
+    if epath.Path(directory).is_dir():
+      kept[name] = sorted(checkpointing.manager(directory).all_steps())
+  return kept
+
+
+def checkpoint_to_restore(workdir: str, step: int | None = None) -> str:
+  """The folder of `workdir` that keeps the checkpoint a restore reads: the best, else the
+  latest; or `step`, wherever it is kept. Raises NoCheckpointError, saying what is kept,
+  where there is none. Cheap: eval and predict can call it before they build the state to
+  restore into (seconds of compiling on a CPU)."""
+  kept = kept_steps(workdir)
+  for name, steps in kept.items():
+    if steps and (step is None or step in steps):
+      return os.path.join(workdir, name)
+  raise errors.NoCheckpointError(missing_checkpoint_message(workdir, kept, step))
+
+
+def missing_checkpoint_message(workdir: str, kept: dict[str, list[int]],
+                               step: int | None) -> str:
+  """What to do when `workdir` keeps no checkpoint of `step` (None: none at all)."""
+  listed = '; '.join(f'{name}/ {", ".join(map(str, steps))}'
+                     for name, steps in kept.items() if steps)
+  if step is not None and listed:
+    return f'no checkpoint of step {step} in {workdir}; the steps kept: {listed}'
+  what = 'no checkpoint' + ('' if step is None else f' (of step {step} or any other)')
+  return (f'{what} in {workdir} (in best/ or checkpoints/): train first (--mode=train), or '
+          'point --workdir at a trained run')
 
 
 def restore_best_or_latest(state: TrainState, workdir: str,
                            step: int | None = None) -> TrainState:
   """The state shaped like `state` in the best checkpoint in `workdir`, else the latest;
   or the checkpoint of `step`, wherever it is kept."""
+  directory = checkpoint_to_restore(workdir, step)
   abstract_state = checkpointing.abstract_with_sharding(
       state, parallel.replicated(parallel.data_mesh()))
-  kept = {}
-  for name in ('best', 'checkpoints'):
-    directory = os.path.join(workdir, name)
-    if epath.Path(directory).is_dir():
-      mngr = checkpointing.manager(directory)
-      steps = mngr.all_steps()
-      kept[name] = sorted(steps)
-      if steps and (step is None or step in steps):
-        return checkpointing.restore(mngr, abstract_state, step)
-  if step is not None:
-    raise FileNotFoundError(f'no checkpoint of step {step} in {workdir}; kept: {kept}')
-  raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints; '
-                          'train first (--mode=train)')
+  return checkpointing.restore(checkpointing.manager(directory), abstract_state, step)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import grain
 import numpy as np
 
+from cct_jax import errors
 from cct_jax.data.sources import IGNORE_INDEX
 
 
@@ -95,8 +96,8 @@ def eval_batches(source, transform: Callable, sizes: np.ndarray, *, batch_size: 
   batch, a multiple of `process_count`.
   """
   if batch_size % process_count:
-    raise ValueError(f'the evaluation batch {batch_size} does not divide over '
-                     f'{process_count} processes')
+    raise errors.UserError(f'the evaluation batch {batch_size} does not divide over '
+                           f'{process_count} processes')
   sides = canvas_sides(sizes, bucket)
   order = np.argsort(sides, kind='stable')
   num_batches = math.ceil(len(source) / batch_size)

@@ -39,6 +39,7 @@ import functools
 
 import ml_collections
 
+from cct_jax import errors
 from cct_jax.data import (camvid, cityscapes, dataset, fashion5, folder, sources, sunrgbd,
                           tex5, tfds_source, transforms, voc, weak)
 
@@ -70,7 +71,7 @@ COMMON_DEFAULTS = dict(
 
 def _registered(name: str) -> dataset.Dataset:
   if name not in DATASETS:
-    raise ValueError(f'unknown dataset data.name={name!r}; choose one of {tuple(DATASETS)}')
+    raise errors.UserError(f'unknown dataset data.name={name!r}; choose one of {tuple(DATASETS)}')
   return DATASETS[name]
 
 
@@ -108,7 +109,7 @@ def _dataset(cfg) -> dataset.Dataset:
     problems += [f'data.{registered.section}.{field} is missing'
                  for field in sorted(set(registered.section_defaults) - set(section.keys()))]
   if problems:
-    raise ValueError(
+    raise errors.UserError(
         f'data config of {cfg.name!r}: ' + '; '.join(problems) + '. A data config holds '
         f"the common fields and its dataset's own section; make it with "
         f"default_data_config({cfg.name!r}) rather than by changing data.name (config "
@@ -155,18 +156,18 @@ def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool =
   registered = _dataset(cfg)
   splits = TRAIN_SPLITS + eval_splits(cfg)
   if split not in splits:
-    raise ValueError(f'{cfg.name} has no split {split!r}; it has {splits}')
+    raise errors.UserError(f'{cfg.name} has no split {split!r}; it has {splits}')
   if len(class_names(cfg)) != cfg.num_classes:
-    raise ValueError(f'data.num_classes={cfg.num_classes} but {cfg.name} has '
-                     f'{len(class_names(cfg))} classes')
+    raise errors.UserError(f'data.num_classes={cfg.num_classes} but {cfg.name} has '
+                           f'{len(class_names(cfg))} classes')
   if not cfg.export_name:
     return registered.make_source(cfg, split, check_files=check_files,
                                   keep_masks=keep_masks)
   source = tfds_source.exported_source(cfg.export_name, cfg.export_dir, split,
                                        num_classes=cfg.num_classes, keep_masks=keep_masks)
   if split == 'train_labelled' and cfg.num_labelled not in (-1, len(source)):
-    raise ValueError(f'data.num_labelled={cfg.num_labelled} but the export '
-                     f'{cfg.export_name!r} holds {len(source)} labelled images')
+    raise errors.UserError(f'data.num_labelled={cfg.num_labelled} but the export '
+                           f'{cfg.export_name!r} holds {len(source)} labelled images')
   return source
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cct_jax import errors
 from cct_jax.data import dataset, sources
 
 SPLIT_CODES = {'train': 0, 'val': 1, 'test': 2}
@@ -59,8 +60,8 @@ def protocol_subset(train: GeneratedSource, split: str, *, num_labelled: int,
   """'train_labelled' or 'train_unlabelled' of the protocol, as a subset of `train`; the
   unlabelled scenes keep their masks only with `keep_masks`."""
   if not labelled_pool < len(train):
-    raise ValueError(f'labelled_pool={labelled_pool} leaves no unlabelled scenes in a '
-                     f'{len(train)}-scene training split')
+    raise errors.UserError(f'labelled_pool={labelled_pool} leaves no unlabelled scenes in a '
+                           f'{len(train)}-scene training split')
   if split == 'train_labelled':
     labelled, _ = sources.seeded_split(labelled_pool, num_labelled, split_seed)
     return sources.Subset(train, labelled)

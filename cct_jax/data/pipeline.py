@@ -27,6 +27,7 @@ from collections.abc import Callable
 import grain
 import numpy as np
 
+from cct_jax import errors
 from cct_jax.data import eval_batches, factory, weak
 from cct_jax.data.factory import AUTO
 
@@ -35,12 +36,12 @@ def per_process_batch_size(global_batch: int, *, device_count: int,
                            process_count: int = 1, name: str = 'batch size') -> int:
   """The batch each process loads; the global batch must split evenly over devices."""
   if global_batch <= 0 or global_batch % device_count:
-    raise ValueError(
+    raise errors.UserError(
         f'{name} {global_batch} does not divide over {device_count} devices: every device '
         f'needs the same number of examples. Use a multiple of {device_count}, e.g. '
         f'{max(device_count, global_batch // device_count * device_count)}.')
   if device_count % process_count:
-    raise ValueError(f'{device_count} devices do not divide over {process_count} processes')
+    raise errors.UserError(f'{device_count} devices do not divide over {process_count} processes')
   return global_batch // process_count
 
 

@@ -20,10 +20,11 @@ import os
 import numpy as np
 from PIL import Image
 
+from cct_jax import errors
 from cct_jax.labels import IGNORE_INDEX
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """Bad input data: a list of problems, each naming a file and what is wrong with it."""
 
   def __init__(self, problems: Iterable[str]):
@@ -211,7 +212,8 @@ def seeded_split(num_items: int, num_labelled: int, seed: int
   if num_labelled < 0:
     num_labelled = num_items
   if not 0 < num_labelled <= num_items:
-    raise ValueError(f'num_labelled={num_labelled} must be in [1, {num_items}]: the '
-                     f'pool to draw labelled examples from has {num_items} items')
+    raise errors.UserError(f'data.num_labelled={num_labelled} must be in [1, {num_items}] '
+                           f'(or -1, all): the pool to draw labelled examples from has '
+                           f'{num_items} items')
   order = np.random.default_rng(seed).permutation(num_items)
   return np.sort(order[:num_labelled]), np.sort(order[num_labelled:])

@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from cct_jax import models, perturbations
+from cct_jax import errors, models, perturbations
 from cct_jax.methods import cct, input_vat, mean_teacher
 
 
@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
 def get(config) -> Method:
   """The method `config.train.mode` names."""
   if config.train.mode not in METHODS:
-    raise ValueError(f'train.mode must be one of {tuple(METHODS)}, got {config.train.mode!r}')
+    raise errors.UserError(f'train.mode must be one of {tuple(METHODS)}, got {config.train.mode!r}')
   return METHODS[config.train.mode]
 
 
@@ -96,8 +96,8 @@ def check_config(config) -> None:
   """The method exists, accepts the data it is given and its own settings."""
   method = get(config)
   if config.data.pseudo_labels and not method.pseudo_labels:
-    raise ValueError(f"data.pseudo_labels train CCT's auxiliary decoders (Eq. 5); "
-                     f'train.mode={config.train.mode!r} has none')
+    raise errors.UserError(f"data.pseudo_labels train CCT's auxiliary decoders (Eq. 5); "
+                           f'train.mode={config.train.mode!r} has none')
   method.check_config(config)
 
 

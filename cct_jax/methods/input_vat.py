@@ -6,7 +6,7 @@ no settings; these are Miyato et al.'s for CIFAR-10)."""
 import jax.numpy as jnp
 import ml_collections
 
-from cct_jax import losses, perturbations
+from cct_jax import errors, losses, perturbations
 from cct_jax.methods.main_decoder import train_logits
 from cct_jax.models import cct
 
@@ -23,8 +23,8 @@ def default_config() -> ml_collections.ConfigDict:
 def check_config(config) -> None:
   method = config.baselines.input_vat.method
   if method not in perturbations.VAT_METHODS:
-    raise ValueError(f'baselines.input_vat.method {method!r} not in '
-                     f'{perturbations.VAT_METHODS}')
+    raise errors.UserError(f'baselines.input_vat.method {method!r} not in '
+                           f'{perturbations.VAT_METHODS}')
 
 
 def make_term(config, model):

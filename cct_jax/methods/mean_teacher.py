@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cct_jax import losses
+from cct_jax import errors, losses
 from cct_jax.methods.main_decoder import train_logits
 
 
@@ -22,7 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
 def check_config(config) -> None:
   decay = config.baselines.mean_teacher.decay
   if not 0.0 <= decay <= 1.0:
-    raise ValueError(f'baselines.mean_teacher.decay must be in [0, 1], got {decay}')
+    raise errors.UserError(f'baselines.mean_teacher.decay must be in [0, 1], got {decay}')
 
 
 def init_extra(variables: dict) -> dict:

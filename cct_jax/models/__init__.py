@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
-from cct_jax import cpu_conv
+from cct_jax import cpu_conv, errors
 from cct_jax.models.cct import CCT, Encoder, init_variables
 from cct_jax.models.classifier import Classifier, class_activation_maps
 from cct_jax.models.multidomain import MultiDomainCCT
@@ -61,7 +61,7 @@ def tiny_model_config(num_classes: int) -> ml_collections.ConfigDict:
 def convolution_from_config(setting: str) -> Convolution:
   """The convolution `model.cpu_conv` asks for (see `default_model_config`)."""
   if setting not in CPU_CONV_SETTINGS:
-    raise ValueError(f'model.cpu_conv must be one of {CPU_CONV_SETTINGS}, got {setting!r}')
+    raise errors.UserError(f'model.cpu_conv must be one of {CPU_CONV_SETTINGS}, got {setting!r}')
   if setting == 'on' or (setting == 'auto' and jax.default_backend() == 'cpu'):
     return cpu_conv.conv_general_dilated
   return lax.conv_general_dilated
@@ -71,7 +71,8 @@ def remat_parts(model_cfg) -> frozenset[str]:
   """`model.remat`, checked."""
   parts = frozenset(model_cfg.remat)
   if parts - set(REMAT_PARTS):
-    raise ValueError(f'model.remat takes parts of {REMAT_PARTS}, got {tuple(model_cfg.remat)}')
+    raise errors.UserError(f'model.remat takes parts of {REMAT_PARTS}, got '
+                           f'{tuple(model_cfg.remat)}')
   return parts
 
 

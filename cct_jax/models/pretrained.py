@@ -18,6 +18,8 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from cct_jax import errors
+
 FROM_SCRATCH = 'none'
 # The paper's configs: no weights file by default, so the run stops until `model.pretrained`
 # names one or FROM_SCRATCH.
@@ -32,7 +34,7 @@ WHERE_THE_WEIGHTS_COME_FROM = (
     f"or --config.model.pretrained={FROM_SCRATCH} to train the trunk from scratch")
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(errors.UserError):
   pass
 
 

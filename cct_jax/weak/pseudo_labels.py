@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cct_jax import checkpointing, crf, evaluate, models, progress, visualize
+from cct_jax import checkpointing, crf, errors, evaluate, models, progress, visualize
 from cct_jax.data import factory as data_factory
 from cct_jax.data import sources, transforms, weak
 from cct_jax.labels import IGNORE_INDEX
@@ -129,9 +129,9 @@ def write_pseudo_labels(config, workdir: str) -> dict:
   """Writes the PNGs of every weak image not done yet, then scores every kind written."""
   rule = config.weak.pseudo_label_rule
   if rule not in RULES:
-    raise ValueError(f'weak.pseudo_label_rule must be one of {RULES}, got {rule!r}')
+    raise errors.UserError(f'weak.pseudo_label_rule must be one of {RULES}, got {rule!r}')
   if jax.process_count() > 1:
-    raise ValueError('--mode=pseudo_labels runs in one process (it writes files as it goes)')
+    raise errors.UserError('--mode=pseudo_labels runs in one process (it writes files as it goes)')
   source = data_factory.make_weak_source(config.data, keep_masks=True)
   ids = sources.example_ids(source)
   out = os.path.join(workdir, OUTPUT_DIR)

@@ -37,7 +37,6 @@ benchmarks/results/accuracy[_quick].json and .md and docs/accuracy[_quick].png a
 run; `--report` writes them from the finished runs alone.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -45,6 +44,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+
+from absl import app, flags
 
 from cct_jax import defaults, perturbations, schedules
 
@@ -62,6 +64,30 @@ SETTING = ('configs/demo.py: tiny ResNet (width 8, one block per stage, output s
            '32 (fashion5: 32-channel decoder blocks), 1200 steps of 8 labelled + 8 unlabelled '
            '64x64 images, SGD lr 0.1 poly, w_u 10; 4000 unlabelled images; model selected on '
            'val (200), scored on test (500)')
+
+_QUICK = flags.DEFINE_bool(
+    'quick', False, f'One seed, the smallest budget, no ablation; {QUICK_DATASET} only unless '
+    '--datasets says otherwise.')
+_DATASETS = flags.DEFINE_list('datasets', None, f"Datasets (default: {','.join(DATASETS)}).")
+_BUDGETS = flags.DEFINE_list('budgets', [str(b) for b in BUDGETS], 'Labelled image counts.')
+_SEEDS = flags.DEFINE_list('seeds', [str(s) for s in SEEDS], 'Seeds of the main set.')
+_ADD_BASELINES = flags.DEFINE_bool(
+    'baselines', False, 'Add Mean Teacher and input VAT (Table 4) and the loss ablation.')
+_ADD_WEAK = flags.DEFINE_bool(
+    'weak', False, 'Add CCT from a classification-pretrained encoder, without and with '
+    'weak-label pseudo-labels (sec. 3.3), on fashion5.')
+_ADD_TWO_DOMAINS = flags.DEFINE_bool(
+    'two_domains', False, 'Add both bundled domains at once: supervised, CCT, CCT with the '
+    'adversarial branch (sec. 3.4, App. E).')
+_REPORT = flags.DEFINE_bool(
+    'report', False, 'Train nothing: the table and plot of the runs already finished.')
+_FRESH = flags.DEFINE_bool(
+    'fresh', False, 'Train every run whose folder is missing, even when the results JSON '
+    'already records it.')
+_ABLATION_SEEDS = flags.DEFINE_list('ablation_seeds', ['0'],
+                                    "Seeds of the ablation set ('' for none).")
+_WORKDIR = flags.DEFINE_string('workdir', os.path.join(REPO, 'runs', 'accuracy'),
+                               'Folder of the runs, one folder each.')
 
 
 def perturbation_types(dataset: str) -> list[str]:
@@ -445,58 +471,40 @@ def check_datasets(datasets) -> None:
                '`sudo apt-get install dataset-fashion-mnist`, or run with --datasets=tex5.')
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help=f'one seed, the smallest budget, no ablation; {QUICK_DATASET} '
-                      'only unless --datasets says otherwise')
-  parser.add_argument('--datasets', default=None, help=f"default: {','.join(DATASETS)}")
-  parser.add_argument('--budgets', default=','.join(map(str, BUDGETS)))
-  parser.add_argument('--seeds', default=','.join(map(str, SEEDS)))
-  parser.add_argument('--baselines', action='store_true',
-                      help='add Mean Teacher and input VAT (Table 4) and the loss ablation')
-  parser.add_argument('--weak', action='store_true',
-                      help='add CCT from a classification-pretrained encoder, without and '
-                      'with weak-label pseudo-labels (sec. 3.3), on fashion5')
-  parser.add_argument('--two_domains', action='store_true',
-                      help='add both bundled domains at once: supervised, CCT, CCT with the '
-                      'adversarial branch (sec. 3.4, App. E)')
-  parser.add_argument('--report', action='store_true',
-                      help='train nothing: the table and plot of the runs already finished')
-  parser.add_argument('--fresh', action='store_true',
-                      help='train every run whose folder is missing, even when the results '
-                      'JSON already records it')
-  parser.add_argument('--ablation_seeds', default='0',
-                      help="seeds of the ablation set ('' for none)")
-  parser.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'accuracy'))
-  args = parser.parse_args()
-  datasets = DATASETS if args.datasets is None else [d for d in args.datasets.split(',') if d]
-  if args.quick and args.datasets is None:
+def main(argv: Sequence[str] | None = None) -> None:
+  """`argv` as app.run passes it, the flags parsed; None (a call from Python): the flags
+  are parsed from sys.argv here."""
+  if argv is None:
+    flags.FLAGS(sys.argv)
+  quick, workdir, fresh = _QUICK.value, _WORKDIR.value, _FRESH.value
+  datasets = DATASETS if _DATASETS.value is None else [d for d in _DATASETS.value if d]
+  if quick and _DATASETS.value is None:
     datasets = [QUICK_DATASET]
-  budgets = [int(b) for b in args.budgets.split(',')]
-  seeds = [int(s) for s in args.seeds.split(',')]
-  ablation_seeds = [int(s) for s in args.ablation_seeds.split(',') if s]
-  if args.quick:
+  budgets = [int(b) for b in _BUDGETS.value]
+  seeds = [int(s) for s in _SEEDS.value]
+  ablation_seeds = [int(s) for s in _ABLATION_SEEDS.value if s]
+  baselines, weak, two_domains = _ADD_BASELINES.value, _ADD_WEAK.value, _ADD_TWO_DOMAINS.value
+  if quick:
     budgets, seeds, ablation_seeds = [min(budgets)], seeds[:1], []
-    args.baselines = args.weak = args.two_domains = False
-  check_datasets(set(datasets) | ({'fashion5'} if args.two_domains else set()))
+    baselines = weak = two_domains = False
+  check_datasets(set(datasets) | ({'fashion5'} if two_domains else set()))
 
-  runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=args.baselines,
-              weak=args.weak, two_domains=args.two_domains)
+  runs = plan(datasets, budgets, seeds, ablation_seeds, baselines=baselines, weak=weak,
+              two_domains=two_domains)
   planned = len(runs)
-  earlier = load_records(results_stem(args.quick) + '.json')
-  recorded = [] if args.fresh else earlier
-  done = lambda run: (os.path.isfile(results_path(run, args.workdir)) or
-                      recorded_scores(run, recorded, command_lines(run, args.workdir)))
-  if args.report:
+  earlier = load_records(results_stem(quick) + '.json')
+  recorded = [] if fresh else earlier
+  done = lambda run: (os.path.isfile(results_path(run, workdir)) or
+                      recorded_scores(run, recorded, command_lines(run, workdir)))
+  if _REPORT.value:
     runs = [run for run in runs if done(run)]
   records, started, trained = [], time.time(), 0
   for index, run in enumerate(runs, 1):
     began = time.time()
-    commands = command_lines(run, args.workdir)
-    scores = None if args.fresh else recorded_scores(run, recorded, commands)
-    was_done = scores is not None or os.path.isfile(results_path(run, args.workdir))
-    scores = scores or execute(run, args.workdir)
+    commands = command_lines(run, workdir)
+    scores = None if fresh else recorded_scores(run, recorded, commands)
+    was_done = scores is not None or os.path.isfile(results_path(run, workdir))
+    scores = scores or execute(run, workdir)
     records += records_of(run, scores, commands)
     trained += not was_done
     eta = ''
@@ -514,8 +522,8 @@ def main():
         runs_reported=f'{index} of {planned} planned, {len(kept)} kept from earlier invocations',
         config=CONFIG, setting=SETTING,
         minutes_this_invocation=(time.time() - started) / 60)
-    write_outputs(kept + records, summarise(kept + records), args.quick, meta,
+    write_outputs(kept + records, summarise(kept + records), quick, meta,
                   verbose=index == len(runs))
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -10,7 +10,7 @@ one after the other:
     30 auxiliary decoders), 10 labelled + 10 unlabelled 320 x 320 crops, CCT's step jitted
     as training jits it (train_step.jit_train_step): compile seconds, median step seconds,
     images/s (labelled + unlabelled), the device's peak memory, the model's FLOPs per step
-    (its convolutions and matmuls as written, benchmarks/speed.py) and the MFU: those FLOPs
+    (its convolutions and matmuls as written, benchmarks/timing.py) and the MFU: those FLOPs
     per second over the card's dense bf16 peak (GPU_PEAKS, from the vendor's datasheet);
   - evaluation as `--mode=eval` runs it on VOC val: VOC-sized images (500 x 375 and its
     kin) padded to the 504-pixel canvas that holds nearly all of VOC val
@@ -22,7 +22,6 @@ Prints a table and writes JSON naming the device, with the issue's goals: bf16 i
 least 3x PyTorch's, and an MFU of at least 40% in the step.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -39,7 +39,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 # pylint: disable=wrong-import-position
-import speed
+import timing
 from cct_jax import defaults, evaluate, methods, models, parallel, perturbations, train_step
 from cct_jax.labels import IGNORE_INDEX
 from cct_jax.models import pretrained
@@ -57,6 +57,25 @@ GOALS = {'bf16_speedup_over_pytorch': 3.0, 'mfu': 0.40}
 VOC_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333), (366, 500), (500, 500))
 PAPER = dict(batch=10, size=320, canvas=504, eval_per_device=(1, 8), warmup=3, repeats=10)
 SMOKE = dict(batch=1, size=64, canvas=64, eval_per_device=(1, 2), warmup=1, repeats=2)
+
+# benchmarks/gpu_check.sh's help lists these options, but for --out (it sets it) and --child.
+_SMOKE = flags.DEFINE_bool(
+    'smoke', False, 'The tiny model with one decoder at 64 x 64 (CPU; the tests).')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], "The train step's dtypes.")
+_OUT = flags.DEFINE_string(
+    'out', os.path.join(REPO, 'benchmarks', 'results', 'gpu_check.json'), 'JSON output.')
+_CCT_REF = flags.DEFINE_string(
+    'cct_ref', os.environ.get('CCT_REF', ''), "The authors' code (default: $CCT_REF).")
+_REFCHECK = flags.DEFINE_string(
+    'refcheck', os.path.join(REPO, 'refcode', 'refcheck', 'ref_bench.py'),
+    "Their step's runner, refcheck's ref_bench.py.")
+# Within the 6 minutes of one call: a part that runs out is reported, the rest kept.
+_CHILD_TIMEOUT_S = flags.DEFINE_float(
+    'child_timeout_s', 140, "Seconds each dtype's child process may take.")
+_REFERENCE_TIMEOUT_S = flags.DEFINE_float(
+    'reference_timeout_s', 60, 'Seconds the PyTorch step may take.')
+_CHILD = flags.DEFINE_string(
+    'child', None, "Internal (run_child): one dtype's JSON spec, measured in this process.")
 
 
 def peak_of(device) -> tuple[float | None, str]:
@@ -93,13 +112,13 @@ def measure(spec: dict) -> dict:
   device = jax.local_devices()[0]
   batch, size = spec['batch'] * jax.device_count(), spec['size']
   rng = np.random.default_rng(0)
-  labelled, unlabelled = speed.random_batches(rng, mesh, batch, size, config.model.num_classes)
+  labelled, unlabelled = timing.random_batches(rng, mesh, batch, size, config.model.num_classes)
 
-  model, _ = methods.build(config)
+  model, method = methods.build(config)
   num_steps = 1000
-  state = train_step.create_train_state(config, model, num_steps, mesh)
-  step_fn = train_step.make_train_step(config, model, num_steps)
-  model_flops = speed.jaxpr_flops(jax.make_jaxpr(step_fn)(state, labelled, unlabelled).jaxpr)
+  state = train_step.create_train_state(config, model, method, num_steps, mesh)
+  step_fn = train_step.make_train_step(config, model, method, num_steps)
+  model_flops = timing.jaxpr_flops(jax.make_jaxpr(step_fn)(state, labelled, unlabelled).jaxpr)
   start = time.perf_counter()
   compiled = train_step.jit_train_step(step_fn, mesh, uses_unlabelled=True).lower(
       state, labelled, unlabelled).compile()
@@ -110,7 +129,7 @@ def measure(spec: dict) -> dict:
     holder[0], metrics = compiled(holder[0], labelled, unlabelled)
     jax.block_until_ready(metrics)
 
-  step_s = speed.median_seconds(run, spec['warmup'], spec['repeats'])
+  step_s = timing.median_seconds(run, spec['warmup'], spec['repeats'])
   memory = compiled.memory_analysis()
   peak, peak_source = peak_of(device)
   result = dict(
@@ -126,7 +145,7 @@ def measure(spec: dict) -> dict:
       bf16_peak_flops=peak, bf16_peak_source=peak_source,
       mfu=model_flops / step_s / peak if peak else None)
 
-  predict = train_step.make_predict_fn(config, model)
+  predict = train_step.make_predict_fn(config, model, method)
   eval_step = evaluate.make_eval_step(predict, config.model.num_classes, mesh)
   canvas = spec['canvas']
   sizes = [(min(h, canvas), min(w, canvas)) for h, w in VOC_SIZES]
@@ -145,7 +164,7 @@ def measure(spec: dict) -> dict:
     start = time.perf_counter()
     score()
     eval_compile_s = time.perf_counter() - start
-    eval_s = speed.median_seconds(score, spec['warmup'], spec['repeats'])
+    eval_s = timing.median_seconds(score, spec['warmup'], spec['repeats'])
     result[f'eval_{per_device}_per_device'] = dict(
         canvas=canvas, images=num_images, compile_s=eval_compile_s, batch_s=eval_s,
         images_per_s=num_images / eval_s)
@@ -211,34 +230,20 @@ def table(rows: list[dict], ref: dict) -> str:
   return '\n'.join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--smoke', action='store_true',
-                      help='the tiny model with one decoder at 64 x 64 (CPU; the tests)')
-  parser.add_argument('--dtypes', default='float32,bfloat16')
-  parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results',
-                                                    'gpu_check.json'))
-  parser.add_argument('--cct_ref', default=os.environ.get('CCT_REF', ''),
-                      help="the authors' code (default: $CCT_REF)")
-  parser.add_argument('--refcheck', default=os.path.join(REPO, 'refcode', 'refcheck',
-                                                         'ref_bench.py'))
-  # Within the 6 minutes of one call: a part that runs out is reported, the rest kept.
-  parser.add_argument('--child_timeout_s', type=float, default=140)
-  parser.add_argument('--reference_timeout_s', type=float, default=60)
-  parser.add_argument('--child', help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.child:
-    print(json.dumps(measure(json.loads(args.child))))
+def main(argv):
+  del argv
+  if _CHILD.value:
+    print(json.dumps(measure(json.loads(_CHILD.value))))
     return
-  setting = SMOKE if args.smoke else PAPER
+  setting = SMOKE if _SMOKE.value else PAPER
   rows = []
-  for dtype in args.dtypes.split(','):
-    spec = dict(setting, dtype=dtype, smoke=args.smoke)
+  for dtype in _DTYPES.value:
+    spec = dict(setting, dtype=dtype, smoke=_SMOKE.value)
     print(f'measuring the {dtype} step ...', file=sys.stderr, flush=True)
-    rows.append(run_child(spec, args.child_timeout_s))
-  ref = ({'skipped': 'not in a smoke run'} if args.smoke else
-         reference(args.refcheck, args.cct_ref, setting['batch'], setting['size'],
-                   setting['repeats'], args.reference_timeout_s))
+    rows.append(run_child(spec, _CHILD_TIMEOUT_S.value))
+  ref = ({'skipped': 'not in a smoke run'} if _SMOKE.value else
+         reference(_REFCHECK.value, _CCT_REF.value, setting['batch'], setting['size'],
+                   setting['repeats'], _REFERENCE_TIMEOUT_S.value))
   output = dict(command=' '.join(['benchmarks/gpu_check.py'] + sys.argv[1:]),
                 setting=setting, goals=GOALS, rows=rows, reference=ref)
   bf16 = next((r for r in rows if r.get('dtype') == 'bfloat16' and 'error' not in r), None)
@@ -251,13 +256,13 @@ def main():
   for goal in GOALS:
     if output.get(goal) is not None:
       print(f'{goal}: {output[goal]:.2f} (goal {GOALS[goal]})')
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump(output, f, indent=1)
-  print(f'written to {args.out}')
+  print(f'written to {_OUT.value}')
   if any('error' in row for row in rows):
     sys.exit(1)
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -23,77 +23,43 @@ memory are its own; the batch sizes are per device, so 4 devices step 8 + 8 imag
 through ../shared/refcheck/ref_bench.py (its README: a checkout of CCT at 65d4e5b in
 $CCT_REF and torch 2.13 in a separate venv, --torch_python), and prints the ratio JAX /
 PyTorch of the f32 full-model train step and inference at the default size.
-Results: a table, and benchmarks/results/speed.json. Run nothing else meanwhile: on two
-cores a second process spoils both timings.
+Results: a table, and benchmarks/results/speed.json. Run nothing else meanwhile: a second
+process on the same cores spoils both timings.
 """
 
-import argparse
 import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
+
+from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, 'benchmarks', 'results', 'speed.json')
 REFCHECK = os.path.join(os.path.dirname(REPO), 'shared', 'refcheck', 'ref_bench.py')
 
-
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def jaxpr_flops(jaxpr) -> float:
-  """The multiply-adds (x2) of every convolution and matmul in a jaxpr, sub-jaxprs
-  included: the model's own FLOPs as written, before XLA's rewrites."""
-  import math
-
-  import jax.extend as jex
-
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == 'conv_general_dilated':
-      rhs = eqn.invars[1].aval.shape
-      rhs_spec = eqn.params['dimension_numbers'].rhs_spec
-      taps = math.prod(rhs[d] for d in rhs_spec[2:]) * rhs[rhs_spec[1]]
-      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * taps
-    elif name == 'dot_general':
-      (contracting, _), _ = eqn.params['dimension_numbers']
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contracting)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else [param]:
-        if isinstance(sub, (jex.core.Jaxpr, jex.core.ClosedJaxpr)):
-          total += jaxpr_flops(getattr(sub, 'jaxpr', sub))
-  return total
-
-
-def random_batches(rng, mesh, batch: int, size: int, num_classes: int) -> tuple[dict, dict]:
-  """A labelled and an unlabelled batch of `batch` random `size` x `size` images (labels too),
-  sharded over `mesh`: random, not zeros, which can run faster than real data."""
-  import jax
-  import numpy as np
-
-  from cct_jax import parallel
-
-  sharded = parallel.batch_sharded(mesh)
-  labelled = jax.device_put({
-      'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-      'mask': rng.integers(0, num_classes, (batch, size, size)).astype(np.int32)}, sharded)
-  unlabelled = jax.device_put(
-      {'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32)}, sharded)
-  return labelled, unlabelled
+_MODELS = flags.DEFINE_list('models', ['full', 'small'], 'Models to measure: full, small.')
+_DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'The models\' dtypes.')
+_DEVICES = flags.DEFINE_list('devices', ['1'], 'CPU device counts, e.g. 1,2,4.')
+_FULL = flags.DEFINE_bool('full', False, '10 + 10 images at 320x320 (the paper\'s).')
+_SIZE = flags.DEFINE_integer('size', 0, 'Image side instead (a quick check); 0: the default.')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed calls before the timed ones.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls; their median is reported.')
+_XLA_FLAGS = flags.DEFINE_string('xla_flags', '', 'Added to $XLA_FLAGS of every child.')
+_PROFILE = flags.DEFINE_string(
+    'profile', '', 'A folder: trace one semi step there; the JSON gets its top ops.')
+_SEMI_ONLY = flags.DEFINE_bool(
+    'semi_only', False, 'Only the semi-supervised step (to compare XLA flags quickly).')
+_REFERENCE = flags.DEFINE_bool('reference', False, 'Then time the authors\' PyTorch CCT.')
+_CCT_REF = flags.DEFINE_string('cct_ref', '', 'The authors\' code (default: $CCT_REF).')
+_TORCH_PYTHON = flags.DEFINE_string('torch_python', '/tmp/torch-ref/bin/python',
+                                    'The Python of a venv with torch, for --reference.')
+_OUT = flags.DEFINE_string('out', RESULTS, 'JSON output.')
+_CHILD = flags.DEFINE_string(
+    'child', None, 'Internal: one measurement\'s JSON spec, measured in this process.')
 
 
 def profile_one_step(run, directory: str, top: int = 20) -> dict:
@@ -132,6 +98,7 @@ def measure(spec: dict) -> dict:
 
   sys.path.insert(0, REPO)
   from cct_jax import defaults, methods, models, parallel, perturbations, train_step
+  import timing
 
   config = defaults.base_config('voc')
   if spec['model'] == 'small':
@@ -141,17 +108,17 @@ def measure(spec: dict) -> dict:
   rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   # Per device (weak scaling): every device count gets whole examples of the same size.
   batch, size = spec['batch'] * spec['devices'], spec['size']
-  labelled, unlabelled = random_batches(np.random.default_rng(0), mesh, batch, size,
-                                         config.model.num_classes)
+  labelled, unlabelled = timing.random_batches(np.random.default_rng(0), mesh, batch, size,
+                                                config.model.num_classes)
   result = {}
 
   def time_step(mode: str, counts: dict | None = None):
     config.train.mode = mode
     if counts is not None:
       perturbations.set_counts(config.perturbations, counts)
-    model, _ = methods.build(config)
-    state = train_step.create_train_state(config, model, 1000, mesh)
-    step_fn = train_step.make_train_step(config, model, 1000)
+    model, method = methods.build(config)
+    state = train_step.create_train_state(config, model, method, 1000, mesh)
+    step_fn = train_step.make_train_step(config, model, method, 1000)
     step = jax.jit(step_fn, in_shardings=(rep, sharded, sharded), out_shardings=(rep, rep),
                    donate_argnums=0)
     start = time.perf_counter()
@@ -163,10 +130,10 @@ def measure(spec: dict) -> dict:
       holder[0], metrics = compiled(holder[0], labelled, unlabelled)
       jax.block_until_ready(metrics)
 
-    seconds = median_seconds(run, spec['warmup'], spec['repeats'])
+    seconds = timing.median_seconds(run, spec['warmup'], spec['repeats'])
     flops = float((compiled.cost_analysis() or {}).get('flops', 0.0))
     if mode == 'semi' and counts is None:
-      result['model_flops'] = jaxpr_flops(
+      result['model_flops'] = timing.jaxpr_flops(
           jax.make_jaxpr(step_fn)(holder[0], labelled, unlabelled).jaxpr)
       if spec['profile']:
         result['profile'] = profile_one_step(run, spec['profile'])
@@ -186,10 +153,10 @@ def measure(spec: dict) -> dict:
     _, _, sup_s, _, _ = time_step('supervised')
     result.update(supervised_step_s=sup_s, supervised_images_per_s=batch / sup_s)
 
-    predict = jax.jit(train_step.make_predict_fn(config, model))
+    predict = jax.jit(train_step.make_predict_fn(config, model, methods.get(config)))
     images = labelled['image']
-    infer_s = median_seconds(lambda: jax.block_until_ready(predict(state, images)),
-                             spec['warmup'], spec['repeats'])
+    infer_s = timing.median_seconds(lambda: jax.block_until_ready(predict(state, images)),
+                                    spec['warmup'], spec['repeats'])
     result.update(inference_s=infer_s, inference_images_per_s=batch / infer_s)
 
   # The machine's peak for this dtype: a large matmul on one device, all threads busy.
@@ -197,7 +164,7 @@ def measure(spec: dict) -> dict:
   n = 4096
   a = jnp.ones((n, n), dtype)
   matmul = jax.jit(lambda x: x @ x)
-  peak = 2 * n**3 / median_seconds(lambda: matmul(a).block_until_ready(), 1, 3)
+  peak = 2 * n**3 / timing.median_seconds(lambda: matmul(a).block_until_ready(), 1, 3)
   result.update(achieved_flops_per_s=flops / semi_s, peak_flops_per_s=peak,
                 fraction_of_peak=flops / semi_s / peak,
                 peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
@@ -216,15 +183,15 @@ def run_child(spec: dict, xla_flags: str) -> dict:
   return json.loads(lines[-1])
 
 
-def reference(args) -> dict:
+def reference(cct_ref: str, torch_python: str, size: int, repeats: int) -> dict:
   """The authors' code through ../shared/refcheck (train 2 + 2 and inference of 2 images)."""
-  cct_ref = args.cct_ref or os.environ.get('CCT_REF', '')
-  if not (cct_ref and os.path.isdir(cct_ref) and os.path.isfile(args.torch_python)):
+  cct_ref = cct_ref or os.environ.get('CCT_REF', '')
+  if not (cct_ref and os.path.isdir(cct_ref) and os.path.isfile(torch_python)):
     sys.exit('--reference needs the authors\' code in --cct_ref (or $CCT_REF) and a torch '
-             f'venv\'s python in --torch_python (now {args.torch_python!r}); '
+             f'venv\'s python in --torch_python (now {torch_python!r}); '
              f'see {os.path.dirname(REFCHECK)}/README.md')
-  out = subprocess.run([args.torch_python, REFCHECK, '--phases', 'infer,train', '--size',
-                        str(args.size), '--reps', str(args.repeats)],
+  out = subprocess.run([torch_python, REFCHECK, '--phases', 'infer,train', '--size',
+                        str(size), '--reps', str(repeats)],
                        env=dict(os.environ, CCT_REF=cct_ref), capture_output=True, text=True,
                        check=False)
   if out.returncode != 0:
@@ -254,53 +221,34 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--models', default='full,small')
-  parser.add_argument('--dtypes', default='float32,bfloat16')
-  parser.add_argument('--devices', default='1', help='CPU device counts, e.g. 1,2,4')
-  parser.add_argument('--full', action='store_true', help='10 + 10 images at 320x320')
-  parser.add_argument('--size', type=int, default=0, help='image side instead (a quick check)')
-  parser.add_argument('--warmup', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--xla_flags', default='', help='added to $XLA_FLAGS of every child')
-  parser.add_argument('--profile', default='',
-                      help='a folder: trace one semi step there; the JSON gets its top ops')
-  parser.add_argument('--semi_only', action='store_true',
-                      help='only the semi-supervised step (to compare XLA flags quickly)')
-  parser.add_argument('--reference', action='store_true')
-  parser.add_argument('--cct_ref', default='', help='the authors\' code (default: $CCT_REF)')
-  parser.add_argument('--torch_python', default='/tmp/torch-ref/bin/python')
-  parser.add_argument('--out', default=RESULTS)
-  parser.add_argument('--child', help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.child:
-    print(json.dumps(measure(json.loads(args.child))))
+def main(argv):
+  del argv
+  if _CHILD.value:
+    print(json.dumps(measure(json.loads(_CHILD.value))))
     return
-  args.batch, default_size = (10, 320) if args.full else (2, 321)
-  args.size = args.size or default_size
+  batch, default_size = (10, 320) if _FULL.value else (2, 321)
+  size = _SIZE.value or default_size
   rows = []
-  for model in args.models.split(','):
-    for dtype in args.dtypes.split(','):
-      for devices in map(int, args.devices.split(',')):
-        spec = dict(model=model, dtype=dtype, devices=devices, batch=args.batch,
-                    size=args.size, warmup=args.warmup, repeats=args.repeats,
-                    semi_only=args.semi_only,
-                    profile=args.profile and os.path.abspath(args.profile))
+  for model in _MODELS.value:
+    for dtype in _DTYPES.value:
+      for devices in map(int, _DEVICES.value):
+        spec = dict(model=model, dtype=dtype, devices=devices, batch=batch, size=size,
+                    warmup=_WARMUP.value, repeats=_REPEATS.value, semi_only=_SEMI_ONLY.value,
+                    profile=_PROFILE.value and os.path.abspath(_PROFILE.value))
         print(f'measuring {spec} ...', file=sys.stderr, flush=True)
-        rows.append(dict(spec, **run_child(spec, args.xla_flags)))
+        rows.append(dict(spec, **run_child(spec, _XLA_FLAGS.value)))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
   output = dict(command=' '.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
                 machine=dict(platform=platform.platform(), processor=platform.processor(),
                              cpu_count=os.cpu_count()),
-                xla_flags=args.xla_flags, rows=rows)
+                xla_flags=_XLA_FLAGS.value, rows=rows)
   print(table(rows))
-  if args.reference:
-    ref = reference(args)
+  if _REFERENCE.value:
+    ref = reference(_CCT_REF.value, _TORCH_PYTHON.value, size, _REPEATS.value)
     output['reference'] = ref
     ours = next((r for r in rows if (r['model'], r['dtype'], r['devices']) ==
                  ('full', 'float32', 1)), None)
-    if ours is not None and 'inference_s' in ours and (args.batch, args.size) == (2, 321):
+    if ours is not None and 'inference_s' in ours and (batch, size) == (2, 321):
       output['ratio_jax_over_pytorch'] = {
           'train_step': ours['semi_step_s'] / ref['train_step_s'],
           'inference': ours['inference_s'] / ref['inference_s']}
@@ -308,11 +256,11 @@ def main():
             f"{ref['inference_s']:.2f} s; JAX / PyTorch: train step "
             f"{output['ratio_jax_over_pytorch']['train_step']:.2f}, inference "
             f"{output['ratio_jax_over_pytorch']['inference']:.2f}")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump(output, f, indent=1)
-  print(f'written to {args.out}')
+  print(f'written to {_OUT.value}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

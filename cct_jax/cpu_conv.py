@@ -1,7 +1,7 @@
 """A 2-D convolution for XLA:CPU: kernel gradient as matmuls, wide inputs in slices.
 
-Two lowerings of XLA:CPU run well below the matmul speed of these CPUs, and this module
-routes around both, computing the same sums in another order:
+Two lowerings of XLA:CPU run well below the CPU's matmul speed, and this module routes
+around both, computing the same sums in another order:
 
 - The kernel gradient (a convolution over the batch and spatial axes) often runs several
   times slower than the forward convolution, while the input gradient runs about as fast.

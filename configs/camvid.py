@@ -5,7 +5,7 @@ CCT baseline: 100 labelled images).
       --config.data.root=/data/CamVid --config.model.pretrained=resnet50_deep.npz
 
 Expected: above the labelled-only baseline at 20/50/100 labels (paper Fig. 5, CamVid test
-set); not measured here, no CamVid copy on these machines.
+set), the paper's result; this project has not measured it (its test data hold no CamVid).
 Argument: the labelled count (default 100) or `smoke`.
 """
 

@@ -6,8 +6,8 @@ single-domain CCT baseline: 100 labelled images).
 
 With TFDS's prepared `cityscapes/semantic_segmentation`, add
 `--config.data.cityscapes.tfds_dir=~/tensorflow_datasets` (instead of data.root).
-Expected: the paper reports Cityscapes only jointly with CamVid or SUN (Table 7); not
-measured here, no Cityscapes copy on these machines.
+Expected: the paper reports Cityscapes only jointly with CamVid or SUN (Table 7); this
+project has not measured it (its test data hold no Cityscapes).
 Argument: the labelled count (default 100) or `smoke`.
 """
 

@@ -19,7 +19,8 @@ Expected (the paper; mIoU on Cityscapes val, CamVid test, and their average):
 | CCT | 35.0 | 53.7 | 44.4 | 40.1 | 55.7 | 47.9 |
 | CCT + L_adv (Table 7) | 35.3 | 49.2 | 42.2 | 37.7 | 52.8 | 45.2 |
 
-Not measured here: no Cityscapes or CamVid copy on these machines.
+The numbers are the paper's; this project has not measured them (its test data hold no
+Cityscapes or CamVid).
 Argument: the labelled count per domain (50 or 100, the paper's; default 100) or `smoke`.
 """
 

@@ -12,7 +12,8 @@ a background class). SUN RGB-D has no validation split: its test split (5050 ima
 paper's "validation") both selects the checkpoint and is reported, as in the paper.
 
 Expected (the paper, mIoU): baseline 54.3 (CS) / 38.1 (SUN) / 46.2 average; CCT 58.8 /
-45.5 / 52.1. Not measured here: no Cityscapes or SUN RGB-D copy on these machines.
+45.5 / 52.1. The numbers are the paper's; this project has not measured them (its test
+data hold no Cityscapes or SUN RGB-D).
 Argument: the labelled count per domain (default 1500) or `smoke`.
 """
 

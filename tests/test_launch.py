@@ -524,5 +524,6 @@ def test_gpu_check_help_needs_no_python():
                             env=dict(os.environ, PYTHON=python), timeout=30)
     assert result.returncode == 0 and result.stdout.startswith('Usage:'), result.stderr
   with open(os.path.join(REPO, 'benchmarks', 'gpu_check.py')) as f:
-    options = set(re.findall(r"add_argument\('(--\w+)'", f.read())) - {'--out', '--child'}
+    names = re.findall(r"flags\.DEFINE_\w+\(\s*'(\w+)'", f.read())
+  options = {f'--{name}' for name in names} - {'--out', '--child'}
   assert options and all(option in result.stdout for option in options)

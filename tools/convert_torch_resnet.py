@@ -9,20 +9,22 @@ Two layouts are recognised: the deep 3x3 stem of the authors' `3x3resnet50-image
 `model.stem='torchvision'`. The classifier (`fc.*`) is dropped.
 
 Inputs: a torch `.pth` / `.bin` (a bare state_dict or a checkpoint holding one under
-`state_dict` or `model`), or a `.safetensors` file with the same keys. Reading a torch file
-needs torch (cct-jax does not depend on it; torch 2.13 has wheels for Python 3.12 and
-3.13), reading a `.safetensors` file only the `safetensors` package. An input that cannot be
-read ends in one line naming it and what is wrong, and exit status 1.
+`state_dict` or `model`), or a `.safetensors` file with the same keys. The script needs
+numpy and absl-py; reading a torch file needs torch too (cct-jax does not depend on it;
+torch 2.13 has wheels for Python 3.12 and 3.13), reading a `.safetensors` file only the
+`safetensors` package. An input that cannot be read ends in one line naming it and what is
+wrong, and exit status 1.
 The tests exercise everything but torch.load.
 """
 
-import argparse
 import os
 import re
 import sys
 import zipfile
+from collections.abc import Sequence
 
 import numpy as np
+from absl import app
 
 _BN_FIELDS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
               'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
@@ -154,25 +156,26 @@ def convert_state_dict(state: dict[str, np.ndarray], source: str = '<state_dict>
   return arrays, stem
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('input', help='a torch .pth / .bin state_dict, or a .safetensors file')
-  parser.add_argument('output', help='the .npz to write')
-  args = parser.parse_args(argv)
+def main(argv: Sequence[str]) -> int:
+  """`argv`: INPUT OUTPUT (the command line after the program's name). Returns the exit
+  status."""
+  if len(argv) != 2:
+    raise app.UsageError(f'expected INPUT OUTPUT, got {len(argv)} arguments')
+  source, target = argv
   try:
-    arrays, stem = convert_state_dict(load_state_dict(args.input), args.input)
+    arrays, stem = convert_state_dict(load_state_dict(source), source)
   except ConversionError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   try:
-    np.savez(args.output, stem=np.array(stem), **arrays)
+    np.savez(target, stem=np.array(stem), **arrays)
   except OSError as e:
-    print(f'error: {args.output}: cannot write it ({e.strerror})', file=sys.stderr)
+    print(f'error: {target}: cannot write it ({e.strerror})', file=sys.stderr)
     return 1
   total = sum(v.size for k, v in arrays.items() if k.startswith('params/'))
-  print(f'wrote {args.output}: {stem} stem, {len(arrays)} arrays, {total:,} parameters')
+  print(f'wrote {target}: {stem} stem, {len(arrays)} arrays, {total:,} parameters')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(lambda argv: main(argv[1:]))

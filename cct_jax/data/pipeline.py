@@ -77,14 +77,16 @@ def input_workers(num_workers: int = AUTO, read_threads: int = AUTO,
   """(worker processes, read threads per process), AUTO ones chosen for `cores` (default
   `usable_cores()`).
 
-  Up to 4 cores: no worker processes and 2 read threads. On 2 cores (benchmarks/
-  input_pipeline.py, VOC's augmentation at 320) worker processes read no faster, and 2
-  threads keep both cores busy while the GIL is released in decoding and resizing.
+  Up to 4 cores: no worker processes and 2 read threads. Decoding and resizing release the
+  GIL, so 2 threads in the training process keep 2 cores busy, and on a host this small
+  worker processes read no faster (VOC's augmentation at 320, measured:
+  benchmarks/results/input_pipeline.json).
   More cores: one worker process per 4 cores, at most 16, each with 2 read threads, so
   the readers take about half the cores and leave the rest to the training loop
-  (dispatch, host-to-device copies). That is a rule, not measured beyond 2 cores; where
-  several processes share a host without being bound to their own cores (Slurm binds
-  each task to its --cpus-per-task), set data.num_workers per process.
+  (dispatch, host-to-device copies). The 4-core threshold and that half are rules of
+  thumb, not measurements. Where several processes share a host without being bound to
+  their own cores (Slurm binds each task to its --cpus-per-task), set data.num_workers per
+  process.
   """
   cores = cores or usable_cores()
   if num_workers == AUTO:

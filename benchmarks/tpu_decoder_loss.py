@@ -2,17 +2,19 @@
 jax.checkpoint as `model.remat` runs each of the 30, at one v5e chip's share of VOC's
 step (10 images, 40 x 40 x 512 features to 320 x 320 x 21), compiled for a v5e on this
 CPU: XLA's estimate (`compile_report.estimate`, the compiler's model, not a measurement)
-with the loss taken as the model takes it and in the last pixel shuffle's pixel order.
+with the loss taken in the decoder's pixel order, in the last pixel shuffle's, and in
+that order against a target made once for all decoders (methods/cct.py).
 
   TPU_LIBRARY_PATH=.venv/libtpu/libtpu/libtpu.so JAX_PLATFORMS=cpu \\
   .venv/bin/python benchmarks/tpu_decoder_loss.py
 
 The loss is a mean over pixels, so any order of the pixels gives it, if the main
 decoder's target is put in the same order: reordering both into the order the last pixel
-shuffle started from (`losses.space_to_depth`, as the model's remat path does) undoes
+shuffle started from (`losses.space_to_depth`, as methods/cct.py does) undoes
 that shuffle, and XLA drops the pair of transposes and the full-resolution class-minor
-layouts they write. The target comes already reordered: the cost of one decoder. Writes
-benchmarks/results/tpu_decoder_loss.json.
+layouts they write. The target comes already reordered (the cost of one decoder), and
+last as log-probabilities, as `methods.cct.decoder_losses` makes it once for all K
+decoders. Writes benchmarks/results/tpu_decoder_loss.json.
 """
 
 import json
@@ -36,15 +38,24 @@ def main():
   z = spec((IMAGES, SIDE, SIDE, FEATURES), jnp.bfloat16)
   params = jax.tree.map(lambda a: spec(a.shape), jax.eval_shape(
       lambda: decoder.init(jax.random.key(0), jnp.zeros((1, SIDE, SIDE, FEATURES)))))
-  orders = {'full resolution': lambda x: x, 'space to depth': losses.space_to_depth}
+  natural = (IMAGES, 8 * SIDE, 8 * SIDE, CLASSES)
+  reordered = jax.eval_shape(losses.space_to_depth, jnp.zeros(natural)).shape
+  # name -> (the loss of one decoder's logits against the target, the target's shape)
+  variants = {
+      'full resolution': (lambda logits, main: losses.consistency_loss(logits[None], main),
+                          natural),
+      'space to depth': (lambda logits, main: losses.consistency_loss(
+          losses.space_to_depth(logits)[None], main), reordered),
+      # The main prediction's log-probabilities computed once for all decoders, outside.
+      'target once': (lambda logits, log_probs: losses.consistency_to_target(
+          losses.space_to_depth(logits)[None], (log_probs, None)), reordered),
+  }
   results = {}
-  for name, order in orders.items():
-    def loss(params, z, main_logits):
-      logits = decoder.apply(params, z).astype(jnp.float32)
-      return losses.consistency_loss(order(logits)[None], main_logits)
-    target = jax.eval_shape(order, jnp.zeros((IMAGES, 8 * SIDE, 8 * SIDE, CLASSES)))
+  for name, (loss_of, target_shape) in variants.items():
+    def loss(params, z, target):
+      return loss_of(decoder.apply(params, z).astype(jnp.float32), target)
     compiled = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1))).lower(
-        params, z, spec(target.shape)).compile()
+        params, z, spec(target_shape)).compile()
     cost = compile_report.cost_of(compiled)
     results[name] = compile_report.estimate(compiled.as_text(), cost, IMAGES, chip.clock_hz,
                                             chip.bf16_flops, chip.hbm_bandwidth, top=5)

@@ -103,21 +103,37 @@ def _distance(aux_logits, target_log_probs, distance):
   raise ValueError(f'distance {distance!r} not in {DISTANCES}')
 
 
+def consistency_target(main_logits: jax.Array, confidence_threshold: float | None = None):
+  """What the consistency loss compares the auxiliary decoders with: the main prediction's
+  log-probabilities, a target only (stop-gradient: the main decoder is trained by labelled
+  data alone, sec. 3.2.2), and with `confidence_threshold` the pixels that count (App. B.2),
+  else None. Computed once for any number of decoders."""
+  target = jax.lax.stop_gradient(jax.nn.log_softmax(main_logits, axis=-1))
+  mask = (None if confidence_threshold is None
+          else confidence_mask(main_logits, confidence_threshold))
+  return target, mask
+
+
+def consistency_to_target(aux_logits: jax.Array, target, distance: str = 'mse') -> jax.Array:
+  """L_u of aux_logits (K, B, ..., C) against `consistency_target` of (B, ..., C) main
+  logits; with a mask that no pixel passes, 0."""
+  log_probs, mask = target
+  per_pixel = _distance(aux_logits, log_probs[None], distance)
+  if mask is None:
+    return jnp.mean(per_pixel)
+  return _masked_mean(per_pixel, jnp.broadcast_to(mask, per_pixel.shape))
+
+
 def consistency_loss(aux_logits: jax.Array, main_logits: jax.Array, distance: str = 'mse',
                      confidence_threshold: float | None = None) -> jax.Array:
   """Eq. (2), unsupervised loss L_u = mean_k d(softmax(aux_k), softmax(main)).
 
-  aux_logits (K, B, H, W, C); main_logits (B, H, W, C). The main prediction is a target
-  only (stop-gradient): the main decoder is trained by labelled data alone (sec. 3.2.2).
-  With `confidence_threshold` set, only pixels whose main max-probability exceeds it
-  count (App. B.2); with none of them, the loss is 0.
+  aux_logits (K, B, H, W, C); main_logits (B, H, W, C), a target only. With
+  `confidence_threshold` set, only pixels whose main max-probability exceeds it count
+  (App. B.2); with none of them, the loss is 0.
   """
-  target = jax.lax.stop_gradient(jax.nn.log_softmax(main_logits, axis=-1))
-  per_pixel = _distance(aux_logits, target[None], distance)
-  if confidence_threshold is None:
-    return jnp.mean(per_pixel)
-  mask = confidence_mask(main_logits, confidence_threshold)
-  return _masked_mean(per_pixel, jnp.broadcast_to(mask, per_pixel.shape))
+  return consistency_to_target(aux_logits,
+                               consistency_target(main_logits, confidence_threshold), distance)
 
 
 def pairwise_loss(aux_logits: jax.Array, key: jax.Array | None = None,

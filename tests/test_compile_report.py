@@ -84,13 +84,16 @@ def test_the_tiny_model_compiles_for_a_v5e_slice_and_the_report_holds_its_number
   assert evaluation['estimate']['loops'] == []
   loops = train['estimate']['loops']
   assert sorted(loop['op_name'].split('/')[1] for loop in loops) == [
-      'jvp(CCT)', 'transpose(jvp(CCT))']  # forward, backward
+      'jvp(StackedDecoders.map)', 'transpose(jvp(StackedDecoders.map))']  # forward, backward
   assert all(loop['trip_count'] == 2 and loop['op_name'].endswith(
       'aux_decoders/feature_noise/while') for loop in loops)
   in_loops = [c for c in train['estimate']['top'] if '/while/body/' in c['op_name']]
   assert in_loops and all(c['times'] == 2 for c in in_loops)
+  # The auxiliary decoders run by the loss, under their type's name; their keys split in
+  # the model.
   for step, parts in ((train, {'encoder/trunk', 'encoder/psp', 'CCT.decode/main_decoder',
-                               'CCT.decode/aux_decoders', 'other'}),
+                               'aux_decoders/feature_noise', 'CCT.decode/aux_decoders',
+                               'other'}),
                       (evaluation, {'encoder/trunk', 'encoder/psp', 'CCT.decode/main_decoder',
                                     'other'})):
     assert set(step['estimate']['parts']) == parts

@@ -10,6 +10,7 @@ from flax import linen as nn
 
 from cct_jax import defaults, losses, methods, models, perturbations
 from cct_jax import perturbations as pt
+from cct_jax.models import cct
 from cct_jax.models.decoders import Decoder
 
 B, H, W, C, K = 2, 8, 8, 4, 3
@@ -187,15 +188,24 @@ def test_remat_gives_the_same_unsupervised_and_weak_losses_and_gradients():
     methods.check_config(config)
     model = models.model_from_config(config.model, methods.aux_counts(config))
     term = methods.get(config).make_term(config, model)
-    total = lambda params: (lambda t: (t['unsup'] + t['weak'], t))(term(
-        params, variables['batch_stats'], {}, batch, jax.random.key(3))[0])
+
+    def total(params):
+      terms, updates = term(params, variables['batch_stats'], {}, batch, jax.random.key(3))
+      return terms['unsup'] + terms['weak'], (terms, cct.sown([updates]))
+
     return jax.jit(jax.grad(total, has_aux=True))(variables['params'])
 
-  grads, terms = terms_and_grads(())
-  remat_grads, remat_terms = terms_and_grads(('trunk', 'decoders'))
+  grads, (terms, sown) = terms_and_grads(())
+  remat_grads, (remat_terms, remat_sown) = terms_and_grads(('trunk', 'decoders'))
   assert set(terms) == set(remat_terms) == {'unsup', 'weak'}
   for name in terms:
     np.testing.assert_allclose(remat_terms[name], terms[name], rtol=1e-5, err_msg=name)
+  # The perturbations' sizes for the log, each type's mean over its decoders and samples.
+  assert sown.keys() == remat_sown.keys() == {'perturbation_norm_vat',
+                                              'perturbation_norm_feature_noise'}
+  for name in sown:
+    assert sown[name] > 0
+    np.testing.assert_allclose(remat_sown[name], sown[name], rtol=1e-5, err_msg=name)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(remat_grads),
                           jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(),

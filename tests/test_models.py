@@ -29,17 +29,15 @@ def test_odd_input_gives_pytorch_feature_and_logit_sizes():
   decoded = jax.eval_shape(lambda v, z: model.apply(v, z, method=lambda m, z: m.main_decoder(z)),
                            variables, z)
   assert decoded.shape == (2, 328, 328, 5)
-  main, aux = jax.eval_shape(
-      lambda v, x: model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
-                               key=jax.random.key(1)), variables, x)
-  assert main.shape == (2, 321, 321, 5)
-  assert aux['dropout'].shape == (2, 2, 321, 321, 5)
-  # The consistency loss's view: everything at the decoders' resolution, as the authors'.
-  main, aux = jax.eval_shape(
-      lambda v, x: model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
-                               key=jax.random.key(1), resize=False), variables, x)
-  assert main.shape == (2, 328, 328, 5)
-  assert aux['dropout'].shape == (2, 2, 328, 328, 5)
+  # The main logits at the input size, or with resize=False at the decoders' resolution,
+  # where the consistency loss compares them with the auxiliary decoders', as the authors'.
+  for resize, side in ((True, 321), (False, 328)):
+    main, aux_logits = jax.eval_shape(
+        lambda v, x: (lambda main, aux: (main, aux['dropout'].map(lambda l: l)[0]))(
+            *model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
+                         key=jax.random.key(1), resize=resize)), variables, x)
+    assert main.shape == (2, side, side, 5)
+    assert aux_logits.shape == (2, 2, 328, 328, 5)
 
 
 @pytest.mark.parametrize('output_stride, size', [(4, 81), (8, 41), (16, 21)])
@@ -113,29 +111,34 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   variables = jax.jit(lambda k: cct.init_variables(model, k, x.shape))(jax.random.key(1))
   noise = lambda z, key, main_logits, decode: z + jax.random.normal(key, z.shape)
-  (main, aux), updates = jax.jit(lambda v, x: model.apply(
-      v, x, perturbations=dict(feature_noise=noise), key=jax.random.key(2),
-      mutable=['metrics']))(variables, x)
-  assert aux['feature_noise'].shape == (3, 2, 16, 16, 5)
+
+  def run(v, x, one_at_a_time):
+    main, aux = model.apply(v, x, perturbations=dict(feature_noise=noise), key=jax.random.key(2))
+    stack = aux['feature_noise'].replace(one_at_a_time=one_at_a_time)
+    return main, stack.map(lambda logits: (logits, jnp.mean(logits)))
+
+  main, ((logits, means), sizes) = jax.jit(run, static_argnums=2)(variables, x, False)
+  assert logits.shape == (3, 2, 16, 16, 5) and sizes.shape == (3, 2)
+  np.testing.assert_allclose(means, jnp.mean(logits, axis=(1, 2, 3, 4)), rtol=1e-5)
 
   z = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.encoder(x)))(variables, x)
   stack = variables['params']['aux_decoders']['feature_noise']['decoders']
   type_key = cct.perturbation_type_key(jax.random.key(2), 'feature_noise')
   decoder = decoders.Decoder(5)
-  sizes = []
   for k, decoder_key in enumerate(jax.random.split(type_key, 3)):
     params = jax.tree.map(lambda a: a[k], stack)
     z_tilde = noise(z, decoder_key, None, None)
     expected = decoder.apply({'params': params}, z_tilde)
-    np.testing.assert_allclose(aux['feature_noise'][k], expected, rtol=1e-5, atol=1e-5)
-    sizes += list(np.linalg.norm(np.asarray(z_tilde - z).reshape(2, -1), axis=1))
-  # The size of the perturbations, sown for the log: the mean over decoders and samples.
-  assert 'metrics' not in variables
-  sown = cct.sown([updates])
-  assert sown.keys() == {'perturbation_norm_feature_noise'}
-  np.testing.assert_allclose(sown['perturbation_norm_feature_noise'], np.mean(sizes), rtol=1e-5)
-  assert not np.allclose(aux['feature_noise'][0], aux['feature_noise'][1])
+    np.testing.assert_allclose(logits[k], expected, rtol=1e-5, atol=1e-5)
+    # The size of each perturbation, for the log.
+    np.testing.assert_allclose(sizes[k], np.linalg.norm(np.asarray(z_tilde - z).reshape(2, -1),
+                                                        axis=1), rtol=1e-5)
+  assert not np.allclose(logits[0], logits[1])
   assert main.shape == (2, 16, 16, 5)
+  # One at a time (model.remat 'decoders'): the same values.
+  _, ((looped, _), looped_sizes) = jax.jit(run, static_argnums=2)(variables, x, True)
+  np.testing.assert_allclose(looped, logits, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(looped_sizes, sizes, rtol=1e-5)
 
 
 def test_decoder_width_widens_every_block_but_the_last():

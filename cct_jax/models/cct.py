@@ -3,8 +3,10 @@ decoders that each see their own perturbed copy of z.
 
 Auxiliary decoders of one perturbation type are stored as one stacked parameter tree (a
 leading axis of size K) and run under `jax.vmap`: one batched computation per type instead
-of K copies in the graph (measured in `benchmarks/aux_decoders.py`). The perturbation
-functions come from the caller, so this module knows nothing of how z is perturbed.
+of K copies in the graph (measured in `benchmarks/aux_decoders.py`), or one after the
+other with model.remat. The perturbation functions come from the caller, and the model
+returns the auxiliary decoders unrun (`StackedDecoders`) for the losses to run: this
+module knows nothing of how z is perturbed or what the losses take of each decoder.
 """
 
 import zlib
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from flax import traverse_util
+from flax import struct, traverse_util
 from jax import lax
 
 from cct_jax.models import padding
@@ -30,11 +32,6 @@ METRICS = 'metrics'
 # decoder as a pure function of z (I-VAT differentiates through it).
 Perturbation = Callable[[jax.Array, jax.Array, jax.Array, Callable[[jax.Array], jax.Array]],
                         jax.Array]
-
-
-# (logits, main_logits) of one auxiliary decoder, float32 at the decoders' resolution
-# -> a pytree of values (its losses), computed as each decoder runs.
-PerDecoder = Callable[[jax.Array, jax.Array], Any]
 
 
 def identity_perturbation(z, key, main_logits, decode):
@@ -112,6 +109,50 @@ def decoder_upsamples(output_stride: int) -> int:
   return min(output_stride, 8).bit_length() - 1
 
 
+@struct.dataclass
+class StackedDecoders:
+  """What the losses need of one perturbation type's K auxiliary decoders: their stacked
+  parameters and keys, z and the main prediction they perturb, and how to run one.
+
+  `map(fn)` runs the decoders and hands each one's logits to `fn`, so that the caller
+  takes what it needs per decoder (a loss, the logits themselves) without the model
+  knowing which. With `one_at_a_time` (model.remat 'decoders') they run one after the
+  other and each one's activations are computed again in the backward pass rather than
+  kept (jax.checkpoint): only one decoder's full-resolution maps are alive at a time, if
+  `fn` keeps no map of them.
+  """
+  params: Any  # one Decoder's parameters, each with a leading axis of size K
+  keys: jax.Array  # (K,): each decoder's perturbation key
+  z: jax.Array
+  main_logits: jax.Array  # stop-gradient'ed, for the perturbations that read it
+  decoder: nn.Module = struct.field(pytree_node=False)  # free-standing: apply is pure
+  perturb: Perturbation = struct.field(pytree_node=False)
+  name: str = struct.field(pytree_node=False)  # the perturbation type's
+  one_at_a_time: bool = struct.field(pytree_node=False, default=False)
+
+  def map(self, fn: Callable[[jax.Array], Any]):
+    """fn(one decoder's logits (B, 8h, 8w, C), float32) -> a pytree; returns its values
+    stacked per decoder (K, ...) and the size of each perturbation, ||z~ - z|| per decoder
+    and sample (K, B)."""
+
+    def perturb_and_decode(params, key):
+      decode = lambda h: self.decoder.apply({'params': params}, h)
+      z_tilde = self.perturb(self.z, key, self.main_logits, decode)
+      size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - self.z).astype(jnp.float32)),
+                              axis=(1, 2, 3)))
+      return fn(decode(z_tilde).astype(jnp.float32)), size
+
+    # Run by the caller, outside the model's scopes: named as the model's, so that the
+    # compiled program's instructions say which decoders they come from (compile_report).
+    # A transformation takes the outermost scope into its own name (`jvp(...)`).
+    with (jax.named_scope('StackedDecoders.map'), jax.named_scope('aux_decoders'),
+          jax.named_scope(self.name)):
+      if self.one_at_a_time:
+        one = jax.checkpoint(perturb_and_decode)
+        return jax.lax.map(lambda args: one(*args), (self.params, self.keys))
+      return jax.vmap(perturb_and_decode)(self.params, self.keys)
+
+
 class DecoderStack(nn.Module):
   """`count` decoders of one perturbation type, as one stacked parameter tree."""
   count: int
@@ -120,78 +161,52 @@ class DecoderStack(nn.Module):
   num_upsamples: int = 3
   decoder_width: int = 0
   dtype: jnp.dtype = jnp.float32
-  # The decoders one after the other, each one's activations computed again in the
-  # backward pass rather than kept (jax.checkpoint): with `per_decoder`, only one
-  # decoder's full-resolution maps are alive at a time, not K of them.
-  remat: bool = False
+  remat: bool = False  # see StackedDecoders.one_at_a_time
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
-               perturb: Perturbation, per_decoder: PerDecoder | None = None):
-    """Returns the stacked auxiliary logits (count, B, 8h, 8w, C), or with `per_decoder`
-    its values for each decoder's logits stacked (count, ...), and the size of each
-    perturbation, ||z~ - z|| per decoder and sample (count, B)."""
+               perturb: Perturbation) -> StackedDecoders:
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
     decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu,
                       self.decoder_width, self.dtype, parent=None)
     init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
         jax.random.split(rng, self.count))
-    stack = self.param('decoders', init_stack)
-
-    def perturb_and_decode(params, decoder_key):
-      decode = lambda h: decoder.apply({'params': params}, h)
-      z_tilde = perturb(z, decoder_key, main_logits, decode)
-      size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - z).astype(jnp.float32)), axis=(1, 2, 3)))
-      logits = decode(z_tilde)
-      return (logits if per_decoder is None else per_decoder(logits, main_logits)), size
-
-    keys = jax.random.split(key, self.count)
-    if self.remat:
-      one = jax.checkpoint(perturb_and_decode)
-      return jax.lax.map(lambda args: one(*args), (stack, keys))
-    return jax.vmap(perturb_and_decode)(stack, keys)
+    return StackedDecoders(self.param('decoders', init_stack),
+                           jax.random.split(key, self.count), z, main_logits, decoder,
+                           perturb, self.name, self.remat)
 
 
 class AuxiliaryDecoders(nn.Module):
-  """One `DecoderStack` per perturbation type with a non-zero count.
-
-  Into the 'metrics' collection, when the caller makes it mutable, it sows each type's
-  mean ||z~ - z|| as `perturbation_norm_<type>`: a perturbation that leaves z as it is
-  shows as 0 (an I-VAT direction of zero, a mask that never fires).
-  """
+  """One `DecoderStack` per perturbation type with a non-zero count."""
   counts: Mapping[str, int]
   num_classes: int
   final_relu: bool = True
   num_upsamples: int = 3
   decoder_width: int = 0
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False  # see DecoderStack.remat
+  remat: bool = False  # see StackedDecoders.one_at_a_time
 
   @nn.compact
-  def __call__(self, z, key, main_logits, perturbations: Mapping[str, Perturbation],
-               per_decoder: PerDecoder | None = None):
-    aux = {}
-    for name, count in self.counts.items():
-      if count > 0:
-        stack = DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
-                             self.decoder_width, self.dtype, self.remat, name=name)
-        aux[name], sizes = stack(z, perturbation_type_key(key, name), main_logits,
-                                 perturbations[name], per_decoder)
-        if not self.is_initializing():
-          self.sow(METRICS, f'perturbation_norm_{name}', jnp.mean(sizes))
-    return aux
+  def __call__(self, z, key, main_logits,
+               perturbations: Mapping[str, Perturbation]) -> dict[str, StackedDecoders]:
+    return {name: DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
+                               self.decoder_width, self.dtype, self.remat, name=name)(
+                                   z, perturbation_type_key(key, name), main_logits,
+                                   perturbations[name])
+            for name, count in self.counts.items() if count > 0}
 
 
 class CCT(nn.Module):
   """`encoder` + main decoder + auxiliary decoders (`aux_counts`: type name -> K).
 
-  `__call__(x, train, perturbations, key)` returns `(main_logits, aux)` at the input size:
-  aux maps each perturbation type to its stacked logits (K, B, H, W, C), and is empty when
-  no perturbations are given (labelled batches, evaluation). With `resize=False` both stay
-  at the decoders' resolution (8x z: 328 for a 321 input), where the authors' code compares
-  them; resizing 60 full-resolution maps costs more than the consistency loss itself. The
-  main prediction reaches the perturbations stop-gradient'ed: the consistency loss must
-  not train the main decoder.
+  `__call__(x, train, perturbations, key)` returns `(main_logits, aux)`: the main logits
+  at the input size, and aux maps each perturbation type to its `StackedDecoders`, which
+  the losses run; it is empty when no
+  perturbations are given (labelled batches, evaluation). With `resize=False` the main
+  logits stay at the decoders' resolution (8x z: 328 for a 321 input), where the authors'
+  code compares them with the auxiliary decoders'; resizing 60 full-resolution maps costs
+  more than the consistency loss itself. The main prediction reaches the perturbations
+  stop-gradient'ed: the consistency loss must not train the main decoder.
   The decoders compute in the encoder's dtype; the logits come back in float32.
   """
   num_classes: int
@@ -199,7 +214,7 @@ class CCT(nn.Module):
   aux_counts: Mapping[str, int] = None
   final_relu: bool = True
   decoder_width: int = 0  # see Decoder.width
-  remat_decoders: bool = False  # see DecoderStack.remat
+  remat_decoders: bool = False  # see StackedDecoders.one_at_a_time
 
   def setup(self):
     upsamples = decoder_upsamples(self.encoder.output_stride)
@@ -213,31 +228,23 @@ class CCT(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
                key: jax.Array | None = None, resize: bool = True,
-               sizes: jax.Array | None = None, per_decoder: PerDecoder | None = None):
-    """`sizes`: see `Encoder`; `per_decoder`: see `decode`."""
+               sizes: jax.Array | None = None):
+    """`sizes`: see `Encoder`."""
     return self.decode(self.encoder(x, train, sizes), x.shape[1:3] if resize else None,
-                       perturbations, key, per_decoder)
+                       perturbations, key)
 
   def decode(self, z: jax.Array, size: Sequence[int] | None,
              perturbations: Mapping[str, Perturbation] | None = None,
-             key: jax.Array | None = None, per_decoder: PerDecoder | None = None):
-    """`(main_logits, aux)` at `size` (None: the decoders' resolution) from the encoder's
-    output z: the decoders alone, for a caller that runs the encoder itself (the
-    multi-domain model shares one). With `per_decoder`, aux holds its values of each
-    auxiliary decoder's logits, at the decoders' resolution in float32, and the main
-    logits (stop-gradient'ed), stacked per type (K, ...), in place of the logits."""
+             key: jax.Array | None = None):
+    """`(main_logits, aux)`, the main logits at `size` (None: the decoders' resolution),
+    from the encoder's output z: the decoders alone, for a caller that runs the encoder
+    itself (the multi-domain model shares one)."""
     main_logits = self.main_decoder(z)
-    to_output = lambda logits: resize_logits(logits.astype(jnp.float32), size or
-                                             logits.shape[-3:-1])
     aux = {}
     if perturbations is not None:
-      per_logits = None if per_decoder is None else (
-          lambda logits, main: per_decoder(logits.astype(jnp.float32), main.astype(jnp.float32)))
-      aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations,
-                              per_logits)
-      if per_decoder is None:
-        aux = {name: to_output(logits) for name, logits in aux.items()}
-    return to_output(main_logits), aux
+      aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
+    main_logits = main_logits.astype(jnp.float32)
+    return resize_logits(main_logits, size or main_logits.shape[-3:-1]), aux
 
 
 def sown(updates: Sequence[Mapping], collection: str = METRICS) -> dict[str, jax.Array]:

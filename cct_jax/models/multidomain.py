@@ -40,7 +40,7 @@ class MultiDomainCCT(nn.Module):
   aux_counts: Mapping[str, int] = None
   final_relu: bool = True
   decoder_width: int = 0  # see Decoder.width
-  remat_decoders: bool = False  # see DecoderStack.remat
+  remat_decoders: bool = False  # see StackedDecoders.one_at_a_time
   adversarial_weight: float = 0.0  # lambda_adv of Eq. 12; 0: no discriminator
   domain: str | None = None
 
@@ -56,8 +56,7 @@ class MultiDomainCCT(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
                key: jax.Array | None = None, resize: bool = True,
-               sizes: jax.Array | None = None, per_decoder=None):
-    """`per_decoder`: see `CCT.decode`."""
+               sizes: jax.Array | None = None):
     z = self.encoder(x, train, sizes)
     size = x.shape[1:3] if resize else None
     if self.domain is None:
@@ -76,4 +75,4 @@ class MultiDomainCCT(nn.Module):
       index = list(self.num_classes).index(self.domain)
       domain_ce = losses.cross_entropy(logits, jnp.full(logits.shape[:-1], index, jnp.int32))
       self.sow('losses', 'adversarial', self.adversarial_weight * domain_ce)
-    return self.decoders[self.domain].decode(z, size, perturbations, key, per_decoder)
+    return self.decoders[self.domain].decode(z, size, perturbations, key)

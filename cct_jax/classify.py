@@ -8,16 +8,18 @@ accuracy on the val split. The segmentation run starts from this encoder with
 `model.encoder_from=<workdir>/classifier`; --mode=pseudo_labels reads its CAMs.
 """
 
+import contextlib
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
-from cct_jax import parallel, progress, schedules, state as state_lib, train, weak
+from cct_jax import (loop, parallel, progress, schedules, segmentation, state as state_lib,
+                     weak)
 from cct_jax.data import factory as data_factory
 from cct_jax.data import pipeline
 from cct_jax.data import weak as weak_data
@@ -73,77 +75,71 @@ def image_label_accuracy(config, model, state, mesh) -> dict:
           'image_accuracy': float(correct.all(axis=1).mean())}
 
 
-class ClassifierTrainer(train.Trainer):
-  """Encoder + g_c on image-level labels, `weak.classifier_steps` steps, no model
-  selection; the report is the image-label accuracy on val."""
+def classifier_stream(config, first_step: int):
+  """Batches of training images and their foreground flags, positioned after `first_step`
+  steps (random-access, as the segmentation streams)."""
+  transform = functools.partial(_classification_example,
+                                transform=data_factory.train_transform(config.data),
+                                classes=weak.foreground_of(config))
+  batch_size = pipeline.per_process_batch_size(
+      config.weak.classifier_batch_size, device_count=jax.device_count(),
+      process_count=jax.process_count(), name='weak.classifier_batch_size')
+  return iter(pipeline.prefetched(pipeline.train_dataset(
+      data_factory.make_classification_source(config.data), transform,
+      batch_size=batch_size, seed=pipeline.stream_seed(config.data.shuffle_seed, 2),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=first_step), num_workers=config.data.num_workers,
+      read_threads=config.data.read_threads, prefetch=config.data.prefetch))
 
-  subdir = weak.CLASSIFIER_DIR
 
-  def __init__(self, config, workdir: str):
-    super().__init__(config, workdir)
-    self.model = weak.classifier(config)
+def create_classifier_state(config, model, mesh) -> state_lib.TrainState:
+  """Encoder + g_c for `weak.classifier_steps` steps of `weak.classifier_optim`, from the
+  ImageNet trunk when configured (the paper's classifier starts from ImageNet too)."""
+  key = state_lib.seed_stream(config.seed, 'classifier_init')
+  state = state_lib.create(
+      model.apply, lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))),
+      schedules.make_optimizer(config.weak.classifier_optim, config.weak.classifier_steps),
+      key, mesh)
+  return state_lib.with_pretrained_trunk(state, config.model, mesh)
 
-  def check_config(self, config) -> None:
-    train.check_config(config)
 
-  def loop_config(self) -> ml_collections.ConfigDict:
-    weak_cfg = self.config.weak
-    return ml_collections.ConfigDict(dict(
-        log_every=weak_cfg.classifier_log_every, eval_every=0,
-        stop_check_every=self.config.train.stop_check_every,
-        checkpoint_every=weak_cfg.classifier_checkpoint_every, max_checkpoints=2))
+def train_classifier(config, workdir: str) -> dict:
+  """Pre-trains encoder + g_c into `<workdir>/classifier` for `weak.classifier_steps`
+  steps, without model selection; returns the image-label accuracies on val."""
+  segmentation.check_config(config)
+  workdir = os.path.join(workdir, weak.CLASSIFIER_DIR)
+  mesh = parallel.data_mesh()
+  model = weak.classifier(config)
+  weak_cfg = config.weak
+  writer, checkpoints, state = loop.open_run(
+      config, workdir, create_classifier_state(config, model, mesh), mesh=mesh,
+      max_checkpoints=2)
 
-  def num_steps(self) -> int:
-    return self.config.weak.classifier_steps
+  stream = classifier_stream(config, int(state.step))
+  rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  step_fn = jax.jit(make_classifier_step(model), in_shardings=(rep, sharded),
+                    out_shardings=(rep, rep), donate_argnums=0)
 
-  def create_state(self, num_steps: int):
-    key = state_lib.seed_stream(self.config.seed, 'classifier_init')
-    state = state_lib.create(
-        self.model.apply, lambda k: self.model.init(k, jnp.zeros((1, 64, 64, 3))),
-        schedules.make_optimizer(self.config.weak.classifier_optim, num_steps), key, self.mesh)
-    # The paper's classifier starts from ImageNet too.
-    return state_lib.with_pretrained_trunk(state, self.config.model, self.mesh)
-
-  def start(self, num_steps: int, first_step: int) -> None:
-    config = self.config
-    transform = functools.partial(_classification_example,
-                                  transform=data_factory.train_transform(config.data),
-                                  classes=weak.foreground_of(config))
-    batch_size = pipeline.per_process_batch_size(
-        config.weak.classifier_batch_size, device_count=jax.device_count(),
-        process_count=jax.process_count(), name='weak.classifier_batch_size')
-    self.stream = iter(pipeline.prefetched(pipeline.train_dataset(
-        data_factory.make_classification_source(config.data), transform,
-        batch_size=batch_size, seed=pipeline.stream_seed(config.data.shuffle_seed, 2),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        start_step=first_step), num_workers=config.data.num_workers,
-        read_threads=config.data.read_threads, prefetch=config.data.prefetch))
-    rep, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
-    self.step_fn = jax.jit(make_classifier_step(self.model), in_shardings=(rep, sharded),
-                           out_shardings=(rep, rep), donate_argnums=0)
-
-  def train_one(self, state, step):
+  def train_one(state, step):
     del step
-    batch, waited = progress.timed_next(self.stream)
-    self.writer.add_input_wait(waited)
-    return self.step_fn(state, parallel.global_batch(self.mesh, batch))
+    batch, waited = progress.timed_next(stream)
+    writer.add_input_wait(waited)
+    return step_fn(state, parallel.global_batch(mesh, batch))
 
-  def images_per_step(self) -> float:
-    return self.config.weak.classifier_batch_size
-
-  def stop(self) -> None:
-    self.stream.close()
-
-  def report(self, state) -> dict:
-    results = image_label_accuracy(self.config, self.model, state, self.mesh)
-    results['step'] = int(state.step)
-    path = self.writer.write_json(f'results_{results["split"]}.json', results)
+  def report(state) -> dict:
+    results = dict(image_label_accuracy(config, model, state, mesh), step=int(state.step))
+    path = writer.write_json(f'results_{results["split"]}.json', results)
     logging.info('classifier at step %d: %s label accuracy %.1f%%, whole-image %.1f%% (%s)',
                  int(state.step), results['split'], 100 * results['label_accuracy'],
                  100 * results['image_accuracy'], path)
     return results
 
-
-def train_classifier(config, workdir: str) -> dict:
-  """Pre-trains encoder + g_c into `<workdir>/classifier`; returns the val accuracies."""
-  return ClassifierTrainer(config, workdir).run()
+  every = loop.Intervals(log=weak_cfg.classifier_log_every,
+                         checkpoint=weak_cfg.classifier_checkpoint_every,
+                         stop_check=config.train.stop_check_every)
+  with contextlib.closing(stream):
+    state, stopped = loop.train_loop(
+        state, num_steps=weak_cfg.classifier_steps, train_one=train_one, evaluate=None,
+        checkpoints=checkpoints, writer=writer, every=every,
+        images_per_step=weak_cfg.classifier_batch_size)
+  return loop.finish(state, stopped, checkpoints=checkpoints, writer=writer, report=report)

@@ -295,7 +295,7 @@ def compile_for_topology(config) -> dict:
   device = per_device(chip, per_chip)
   mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
   data = config.data
-  method = methods.get(config)
+  model, method = methods.build(config)
   unlabelled_keys = method.unlabelled_keys(data)
   parallel.check_global_batch('data.batch_size_labelled', data.batch_size_labelled,
                               len(devices))
@@ -303,10 +303,10 @@ def compile_for_topology(config) -> dict:
     parallel.check_global_batch('data.batch_size_unlabelled', data.batch_size_unlabelled,
                                 len(devices))
 
-  model, _ = methods.build(config)
   # The schedule's length is a constant of the program; it changes no shape or FLOP.
   num_steps = max(config.train.num_steps, 1)
-  apply_fn, init_variables, tx, key, init_extra = train_step.state_recipe(config, model, num_steps)
+  apply_fn, init_variables, tx, key, init_extra = train_step.state_recipe(
+      config, model, method, num_steps)
   state = checkpointing.abstract_with_sharding(jax.eval_shape(
       lambda k: state_lib.initial(apply_fn, init_variables, tx, k, init_extra), key),
       parallel.replicated(mesh))
@@ -329,7 +329,7 @@ def compile_for_topology(config) -> dict:
     rows_u = data.batch_size_unlabelled
     unlabelled = (batch_spec({k: {'image': image, 'mask': mask}[k](rows_u)
                               for k in unlabelled_keys}, mesh) if unlabelled_keys else None)
-    jitted = train_step.jit_train_step(train_step.make_train_step(config, model, num_steps),
+    jitted = train_step.jit_train_step(train_step.make_train_step(config, model, method, num_steps),
                                        mesh, method.uses_unlabelled)
     images = data.batch_size_labelled + (rows_u if unlabelled_keys else 0)
     report['steps']['train'] = compile_step(jitted, (state, labelled, unlabelled), images,
@@ -341,7 +341,7 @@ def compile_for_topology(config) -> dict:
                         'size': ((rows, 2), np.int32)}, mesh)
     confusion = jax.ShapeDtypeStruct((data.num_classes,) * 2, np.int32,
                                      sharding=parallel.replicated(mesh))
-    eval_step = evaluate.make_eval_step(train_step.make_predict_fn(config, model),
+    eval_step = evaluate.make_eval_step(train_step.make_predict_fn(config, model, method),
                                         data.num_classes, mesh)
     report['steps']['eval'] = compile_step(eval_step, (state, confusion, batch), rows,
                                            device)

@@ -13,8 +13,9 @@ Weak image-level labels (sec. 3.3; README "Weak labels"): --mode=pretrain_cls, t
 --mode=pseudo_labels, then train with --config.model.encoder_from=W/classifier and
 --config.data.pseudo_labels=W/pseudo_labels/two_crfs.
 
-A multi-domain config (one with `domains`, e.g. configs/demo_two_domains.py) trains with
-cct_jax/multidomain.py; --domain picks whose decoders eval (default: all) and predict use.
+A multi-domain config (one with `domains`, e.g. configs/demo_two_domains.py) trains its
+domains in turn (cct_jax/multidomain.py); --domain picks whose decoders eval (default: all)
+and predict use.
 
 Several hosts (launch/tpu_pod.sh, launch/slurm_gpu.sh): the same command on every host
 with --multihost (or CCT_MULTIHOST=1); jax finds the other processes on Cloud TPU and
@@ -32,8 +33,8 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from cct_jax import (classify, compile_report, config_overrides, data, errors, multidomain,
-                     parallel, predict, summary, train, watchdog, writers)
+from cct_jax import (classify, compile_report, config_overrides, data, errors, parallel, predict,
+                     summary, train, watchdog, writers)
 from cct_jax.weak import pseudo_labels
 
 FLAGS = flags.FLAGS
@@ -43,10 +44,12 @@ flags.DEFINE_enum('mode', 'train',
                   ['train', 'eval', 'predict', 'summary', 'compile', 'pretrain_cls',
                    'pseudo_labels'],
                   'What to do.')
-flags.DEFINE_string('input', None, 'predict: folder of images.')
-flags.DEFINE_string('output', None, 'predict: folder for label PNGs and overlays.')
-flags.DEFINE_integer('step', None, 'predict: the checkpoint of this step (default: the best, '
-                     'else the latest).')
+flags.DEFINE_string('input', None, 'predict: a folder of images (every visible file; subfolders '
+                    'are not searched), or one image file.')
+flags.DEFINE_string('output', None, 'predict: the folder for label PNGs and overlays; not the '
+                    'input folder nor inside it.')
+flags.DEFINE_integer('step', None, 'eval, predict: the checkpoint of this step (default: the '
+                     'best, else the latest).')
 flags.DEFINE_string('domain', None, 'Multi-domain configs: the domain whose decoders eval '
                     '(default: every domain) and predict (required) use.')
 flags.DEFINE_bool('multihost', os.environ.get('CCT_MULTIHOST', '0') == '1',
@@ -105,18 +108,15 @@ def run(config, workdir: str) -> None:
   """The work of `--mode`."""
   multi_domain = 'domains' in config
   if FLAGS.domain and not multi_domain:
-    raise app.UsageError('--domain picks the decoders of a multi-domain config (one with '
-                         'config.domains)')
+    raise errors.UserError('--domain picks the decoders of a multi-domain config (one with '
+                           'config.domains)')
   if FLAGS.mode == 'train':
-    (multidomain if multi_domain else train).train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir)
   elif FLAGS.mode == 'eval':
-    if multi_domain:
-      multidomain.evaluate_checkpoint(config, workdir, FLAGS.domain)
-    else:
-      train.evaluate_checkpoint(config, workdir)
+    train.evaluate_checkpoint(config, workdir, domain=FLAGS.domain, step=FLAGS.step)
   elif FLAGS.mode == 'predict':
     if not (FLAGS.input and FLAGS.output):
-      raise app.UsageError('--mode=predict needs --input=DIR and --output=DIR')
+      raise errors.UserError('--mode=predict needs --input=DIR (or FILE) and --output=DIR')
     predict.predict_folder(config, workdir, FLAGS.input, FLAGS.output, domain=FLAGS.domain,
                            step=FLAGS.step)
   elif FLAGS.mode == 'pretrain_cls':
@@ -124,7 +124,7 @@ def run(config, workdir: str) -> None:
   elif FLAGS.mode == 'pseudo_labels':
     pseudo_labels.write_pseudo_labels(config, workdir)
   elif multi_domain:
-    raise app.UsageError(f'--mode={FLAGS.mode} takes a single-domain config')
+    raise errors.UserError(f'--mode={FLAGS.mode} takes a single-domain config')
   elif FLAGS.mode == 'compile':
     compile_report.write_compile_report(config, workdir)
   else:

@@ -1,5 +1,5 @@
 """CCT's train step and prediction function (paper sec. 3.2): what runs on the
-accelerators, written once for every trainer (train.py, multidomain.py) and for the
+accelerators, written once for every run (train.py, multidomain.py) and for the
 benchmarks and the TPU compile report.
 
 This module and what it imports need none of the data libraries (grain, tensorflow-datasets)
@@ -9,7 +9,8 @@ step: benchmarks/gpu_check.py.
 
 import jax
 
-from cct_jax import evaluate, losses, methods, models, parallel, schedules, state as state_lib
+from cct_jax import (errors, evaluate, losses, methods, models, parallel, schedules,
+                     state as state_lib)
 from cct_jax.models import cct as cct_model
 from cct_jax.state import TrainState
 
@@ -22,7 +23,8 @@ def supervised_loss(config, logits, labels, step, num_steps):
     return losses.ab_cross_entropy(logits, labels, threshold)
   if config.loss.supervised == 'ce':
     return losses.cross_entropy(logits, labels)
-  raise ValueError(f"loss.supervised must be 'ce' or 'ab_ce', got {config.loss.supervised!r}")
+  raise errors.UserError(
+      f"loss.supervised must be 'ce' or 'ab_ce', got {config.loss.supervised!r}")
 
 
 def term_weights(config, step, num_steps: int) -> dict:
@@ -36,9 +38,8 @@ def term_weights(config, step, num_steps: int) -> dict:
           'pairwise': config.loss.pairwise_weight}
 
 
-def make_train_step(config, model, num_steps: int):
-  """The jitted-to-be step: (state, labelled, unlabelled) -> (state, metrics)."""
-  method = methods.get(config)
+def make_train_step(config, model, method: methods.Method, num_steps: int):
+  """The jitted-to-be step of `method`: (state, labelled, unlabelled) -> (state, metrics)."""
   unsup_term = method.make_term(config, model) if method.uses_unlabelled else None
   base_key = state_lib.seed_stream(config.seed, 'train_step')
   head_lr = schedules.poly_schedule(config.optim.lr, num_steps, config.optim.poly_power)
@@ -83,11 +84,10 @@ def make_train_step(config, model, num_steps: int):
   return step_fn
 
 
-def make_predict_fn(config, model):
+def make_predict_fn(config, model, method: methods.Method):
   """(state, images, sizes) -> class probabilities with the configured inference, of the
-  variables the method evaluates (Mean Teacher: its teacher). `sizes` (B, 2): each image's
+  variables `method` evaluates (Mean Teacher: its teacher). `sizes` (B, 2): each image's
   own size in a padded batch, or None."""
-  method = methods.get(config)
 
   def predict(state, images, sizes=None):
     variables = method.evaluated(state.extra, state_lib.variables(state))
@@ -97,17 +97,19 @@ def make_predict_fn(config, model):
   return predict
 
 
-def state_recipe(config, model, num_steps: int) -> tuple:
+def state_recipe(config, model, method: methods.Method, num_steps: int) -> tuple:
   """The arguments of `state_lib.create` (or `initial`) but the mesh, for `model`."""
   key = state_lib.seed_stream(config.seed, 'init')
   return (model.apply, lambda k: models.init_variables(model, k, (1, 64, 64, 3)),
           schedules.make_optimizer(config.optim, num_steps), key,
-          methods.get(config).init_extra)
+          method.init_extra)
 
 
-def create_train_state(config, model, num_steps: int, mesh) -> TrainState:
+def create_train_state(config, model, method: methods.Method, num_steps: int,
+                       mesh) -> TrainState:
   """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
-  apply_fn, init_variables, tx, key, init_extra = state_recipe(config, model, num_steps)
+  apply_fn, init_variables, tx, key, init_extra = state_recipe(config, model, method,
+                                                               num_steps)
   state = state_lib.create(apply_fn, init_variables, tx, key, mesh, init_extra)
   return state_lib.with_pretrained_trunk(state, config.model, mesh, init_extra)
 

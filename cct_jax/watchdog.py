@@ -9,7 +9,7 @@ progresses for `timeout_s`, it writes every thread's Python stack and one 'error
 naming what stalled to stderr, and ends the process with a non-zero status: the main thread
 is then blocked in C++, where no exception and no SIGTERM reaches it, so `os._exit`.
 
-SIGTERM / SIGINT ask the training loop to save and return (train.StopRequest), but the
+SIGTERM / SIGINT ask the training loop to save and return (loop.StopRequest), but the
 handler that records the request runs only once the main thread is back in Python: a
 hung process ignores it. The watchdog hears these signals itself (signal.set_wakeup_fd,
 written from C at once), and from then on a step must follow within `stop_grace_s`, so

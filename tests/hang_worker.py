@@ -7,14 +7,14 @@ import threading
 
 from absl import app
 
-from cct_jax import main, train
+from cct_jax import main, segmentation
 
 
-def stalled_create_state(trainer, num_steps):
-  del trainer, num_steps
+def stalled_create_state(task, num_steps):
+  del task, num_steps
   threading.Event().wait()  # for ever, without the GIL, as a hung collective waits
 
 
 if __name__ == '__main__':
-  train.SingleDomainTrainer.create_state = stalled_create_state
+  segmentation.Segmentation.create_state = stalled_create_state
   app.run(main.main)

@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 from cct_jax import checkpointing, cluster_maps, defaults, methods, models, parallel
-from cct_jax import perturbations, train, train_step
+from cct_jax import perturbations, segmentation, train, train_step
 from cct_jax.methods import input_vat, mean_teacher
 from cct_jax.models import cct
 
@@ -48,13 +48,13 @@ def test_mean_teacher_is_the_ema_of_the_student_after_every_step():
   config = _tiny_config('mean_teacher')
   config.baselines.mean_teacher.decay = 0.8  # large steps, so a wrong formula shows
   num_steps = 3
-  model = models.model_from_config(config.model, methods.aux_counts(config))
-  state = train_step.create_train_state(config, model, num_steps, parallel.data_mesh())
+  model, method = methods.build(config)
+  state = train_step.create_train_state(config, model, method, num_steps, parallel.data_mesh())
   expected = _leaves(state.extra['teacher'])
   assert all(np.array_equal(t, s) for t, s in zip(
       expected, _leaves({'params': state.params, 'batch_stats': state.batch_stats})))
 
-  step_fn = jax.jit(train_step.make_train_step(config, model, num_steps))
+  step_fn = jax.jit(train_step.make_train_step(config, model, method, num_steps))
   labels = np.random.default_rng(1).integers(0, NUM_CLASSES, (2, 32, 32)).astype(np.int32)
   for step in range(num_steps):
     state, metrics = step_fn(state, {'image': _images(2 * step), 'mask': labels},
@@ -147,14 +147,14 @@ def test_baseline_config_errors_name_the_key():
   config = _tiny_config('input_vat')
   config.baselines.input_vat.method = 'power'
   with pytest.raises(ValueError, match=r"baselines.input_vat.method 'power'"):
-    train.check_config(config)
+    segmentation.check_config(config)
   config = _tiny_config('mean_teacher')
   config.baselines.mean_teacher.decay = 1.5
   with pytest.raises(ValueError, match=r'baselines.mean_teacher.decay must be in \[0, 1\]'):
-    train.check_config(config)
+    segmentation.check_config(config)
   config.train.mode = 'mean-teacher'
   with pytest.raises(ValueError, match=r"train.mode must be one of .*'mean-teacher'"):
-    train.check_config(config)
+    segmentation.check_config(config)
 
 
 # --------------------------------------------------------------------------------------
@@ -206,9 +206,9 @@ def test_mean_teacher_and_input_vat_train_and_evaluate_on_the_demo(tmp_path):
 
   # The Mean Teacher checkpoint holds the teacher, and it differs from the student.
   config.train.mode = 'mean_teacher'
-  model = models.model_from_config(config.model, methods.aux_counts(config))
+  model, method = methods.build(config)
   mesh = parallel.data_mesh()
-  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, 2, mesh))
+  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, method, 2, mesh))
   abstract = checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
   state = checkpointing.restore(
       checkpointing.manager(str(tmp_path / 'mean_teacher' / 'checkpoints')), abstract)

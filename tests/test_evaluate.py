@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 import fakes
-from cct_jax import defaults, evaluate, train
+from cct_jax import defaults, evaluate, segmentation
 from cct_jax.data import factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,15 +108,16 @@ def test_many_image_sizes_compile_a_few_programs_and_score_as_one_image_at_a_tim
   root = fakes.write_voc_folder(str(tmp_path), num_train=3, num_val=21,
                                 sizes=sizes[-3:] + sizes)
   config = _voc_smoke(root, eval_bucket=32)
-  trainer = train.SingleDomainTrainer(config, str(tmp_path / 'run'))
-  state = _with_biases(trainer.create_state(4), 0.05)
-  scores, samples = trainer.evaluate(None, state, 'val', num_samples=30)
-  assert trainer.eval_steps[None]._cache_size() == 3
+  task = segmentation.build(config)
+  evaluator = segmentation.Evaluator(task)
+  state = _with_biases(task.create_state(4), 0.05)
+  scores, samples = evaluator.score(None, state, 'val', num_samples=30)
+  assert evaluator.steps[None]._cache_size() == 3
   assert sorted(s.shape[:2] for s in samples['image']) == sorted(sizes)  # each once, cropped
 
   source = factory.make_source(config.data, 'val')
   transform = factory.eval_transform(config.data)
-  predict = jax.jit(trainer.predict_fn(None))
+  predict = jax.jit(task.predict_fn(None))
   confusion = np.zeros((21, 21), np.int64)
   for index in range(len(source)):
     example = transform(source[index])

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from cct_jax import progress, train, watchdog
+from cct_jax import loop, progress, watchdog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_WORKER = os.path.join(REPO, 'tests', 'hang_worker.py')
@@ -69,7 +69,7 @@ def test_progress_keeps_the_watchdog_quiet_and_its_absence_fires_it(fake_exit, m
 def test_after_sigterm_steps_must_follow_within_the_grace(fake_exit, monkeypatch, capfd):
   dog = watchdog.Watchdog(60, stop_grace_s=0.2, resume='it resumes', exit_process=fake_exit)
   monkeypatch.setattr(watchdog, '_armed', dog)
-  with train.StopRequest() as stop:
+  with loop.StopRequest() as stop:
     signal.raise_signal(signal.SIGTERM)
     for _ in range(5):  # steps towards the stop, for longer than the grace
       time.sleep(0.1)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from cct_jax import (checkpointing, defaults, losses, methods, multidomain, parallel,
-                     perturbations, train_step)
+                     perturbations, segmentation, train, train_step)
 from cct_jax.models import cct, multidomain as multidomain_model, pretrained
 from cct_jax.models.discriminator import Discriminator, gradient_reversal
 
@@ -112,12 +112,12 @@ def test_a_domain_step_changes_the_encoder_and_leaves_the_other_domains_decoders
     domain_batch_stats):
   config = _unit_config()  # num_steps=20 as the next test: the same programs, compiled once
   config.domain_batch_stats = domain_batch_stats
-  multidomain.check_config(config)
+  segmentation.check_config(config)
   assert multidomain.domain_names(config) == ('fashion11', 'tex5')
-  model, _ = methods.build(config)
+  model, method = methods.build(config)
   mesh = parallel.data_mesh()
-  state = multidomain.create_train_state(config, model, num_steps=20, mesh=mesh)
-  step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=20))
+  state = multidomain.create_train_state(config, model, method, num_steps=20, mesh=mesh)
+  step = {name: jax.jit(multidomain.make_domain_step(config, model, method, name, num_steps=20))
           for name in ('tex5', 'fashion11')}
 
   # tex5 first, so that its decoders have momentum when fashion11's step runs.
@@ -158,9 +158,9 @@ def test_adversarial_term_stays_bounded_over_alternating_steps():
   sides (Eq. 12) it stays near chance instead of overshooting (at full weight for the
   discriminator, this run reached 1e10 by step 8 and NaN at step 9)."""
   config = _unit_config()
-  model, _ = methods.build(config)
-  state = multidomain.create_train_state(config, model, num_steps=20, mesh=parallel.data_mesh())
-  step = {name: jax.jit(multidomain.make_domain_step(config, model, name, num_steps=20))
+  model, method = methods.build(config)
+  state = multidomain.create_train_state(config, model, method, num_steps=20, mesh=parallel.data_mesh())
+  step = {name: jax.jit(multidomain.make_domain_step(config, model, method, name, num_steps=20))
           for name in ('tex5', 'fashion11')}
   for i in range(12):
     name = ('fashion11', 'tex5')[i % 2]
@@ -184,9 +184,9 @@ def test_paper_configs_assemble_and_pass_the_checks():
     config = defaults.load_config_file(os.path.join(CONFIGS, path), arg)
     if arg != 'smoke':  # the paper's configs stop until the ImageNet weights are named
       with pytest.raises(pretrained.PretrainedWeightsError, match='model.pretrained is not set'):
-        multidomain.check_config(config)
+        segmentation.check_config(config)
       config.model.pretrained = pretrained.FROM_SCRATCH
-    multidomain.check_config(config)
+    segmentation.check_config(config)
     assert {name: d.num_classes for name, d in config.domains.items()} == domains
     assert 'data' not in config and 'num_classes' not in config.model
     assert not config.adversarial.enabled and config.adversarial.weight == 0.02
@@ -195,7 +195,7 @@ def test_paper_configs_assemble_and_pass_the_checks():
   with pytest.raises(ValueError, match='two or more domains'):
     config = _unit_config()
     del config.domains['tex5']
-    multidomain.check_config(config)
+    segmentation.check_config(config)
 
 
 # --------------------------------------------------------------------------------------
@@ -279,20 +279,20 @@ def test_interrupted_two_domain_run_resumes_to_the_uninterrupted_result(
 
   # SIGTERM while iteration 3 (fashion5's second) runs, after the step-2 checkpoint.
   with sigterm_after_first_checkpoint() as saved:
-    assert multidomain.train_and_evaluate(config, workdir) == {'stopped_at': 3}
+    assert train.train_and_evaluate(config, workdir) == {'stopped_at': 3}
   assert saved == [2, 3]
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
 
-  resumed = multidomain.train_and_evaluate(config, workdir)  # from step 3, by itself
+  resumed = train.train_and_evaluate(config, workdir)  # from step 3, by itself
   full = _read_json(smoke_run / 'results.json')
   assert resumed['step'] == full['step']
   for name in ('fashion5', 'tex5'):
     assert resumed['domains'][name]['miou'] == pytest.approx(full['domains'][name]['miou'],
                                                              abs=1e-6)
 
-  model, _ = methods.build(config)
+  model, method = methods.build(config)
   mesh = parallel.data_mesh()
-  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, 4, mesh))
+  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, method, 4, mesh))
   abstract = checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
   final = {run: checkpointing.restore(checkpointing.manager(os.path.join(run, 'checkpoints')),
                                       abstract) for run in (str(smoke_run), workdir)}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cct_jax import multidomain
+from cct_jax import segmentation, train
 
 
 def _logged(workdir) -> set[str]:
@@ -26,7 +26,7 @@ def test_every_method_trains_and_evaluates_on_two_domains(mode, two_domain_confi
   # difference compiles in about half the time of the exact Hessian-vector product.
   config.baselines.input_vat.method = 'finite_difference'
 
-  results = multidomain.train_and_evaluate(config, str(tmp_path))
+  results = train.train_and_evaluate(config, str(tmp_path))
   assert set(results['domains']) == {'fashion5', 'tex5'} and results['step'] == 2
   logged = _logged(tmp_path)
   unsupervised = {'loss_unsup/fashion5', 'loss_unsup/tex5'}
@@ -40,4 +40,4 @@ def test_pseudo_labels_of_a_domain_are_refused_by_a_method_without_auxiliary_dec
   config.domains.tex5.pseudo_labels = '/some/pseudo_labels'
   config.train.mode = 'mean_teacher'
   with pytest.raises(ValueError, match="train.mode='mean_teacher' has none"):
-    multidomain.check_config(config)
+    segmentation.check_config(config)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import fakes
-from cct_jax import (checkpointing, defaults, evaluate, methods, models, parallel,
+from cct_jax import (checkpointing, defaults, evaluate, methods, parallel,
                      perturbations, train_step)
 from cct_jax.data import factory, pipeline
 
@@ -105,8 +105,8 @@ def runs(tmp_path_factory):
 
 def _initial_state(num_steps: int):
   config = _voc_config()
-  model = models.model_from_config(config.model, methods.aux_counts(config))
-  return train_step.create_train_state(config, model, num_steps, parallel.data_mesh())
+  model, method = methods.build(config)
+  return train_step.create_train_state(config, model, method, num_steps, parallel.data_mesh())
 
 
 def _restore(directory, step=None):

@@ -20,8 +20,8 @@ from jax.sharding import AxisType
 from PIL import Image
 
 import fakes
-from cct_jax import (checkpointing, defaults, methods, models, parallel, perturbations, train,
-                     train_step)
+from cct_jax import (checkpointing, defaults, loop, methods, models, parallel, perturbations,
+                     train, train_step)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,9 +32,9 @@ def _demo_config(arg: str = 'smoke'):
 
 def _abstract_state(config, num_steps: int):
   """A restore target for `config`'s train state, from shapes alone."""
-  model = models.model_from_config(config.model, methods.aux_counts(config))
+  model, method = methods.build(config)
   mesh = parallel.data_mesh()
-  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, num_steps, mesh))
+  shapes = jax.eval_shape(lambda: train_step.create_train_state(config, model, method, num_steps, mesh))
   return checkpointing.abstract_with_sharding(shapes, parallel.replicated(mesh))
 
 
@@ -69,8 +69,8 @@ def test_four_device_train_step_equals_one_device_step():
   config.perturbations.vat.method = 'hvp'
   config.loss.ramp_fraction = 0.0  # the full unsupervised weight from the first step
   num_steps = 10
-  model = models.model_from_config(config.model, methods.aux_counts(config))
-  step_fn = train_step.make_train_step(config, model, num_steps)
+  model, method = methods.build(config)
+  step_fn = train_step.make_train_step(config, model, method, num_steps)
 
   rng = np.random.default_rng(0)
   batches = []
@@ -83,7 +83,7 @@ def test_four_device_train_step_equals_one_device_step():
 
   one_device = jax.make_mesh((1,), ('data',), axis_types=(AxisType.Auto,),
                              devices=jax.devices()[:1])
-  initial = jax.device_get(train_step.create_train_state(config, model, num_steps, one_device))
+  initial = jax.device_get(train_step.create_train_state(config, model, method, num_steps, one_device))
 
   def run(mesh):
     rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -161,13 +161,13 @@ def test_bfloat16_step_computes_in_bf16_keeps_float32_state_and_follows_the_f32_
   results = {}
   for dtype in ('float32', 'bfloat16'):
     config.model.dtype = dtype
-    model = models.model_from_config(config.model, methods.aux_counts(config))
-    state = train_step.create_train_state(config, model, 10, mesh)
+    model, method = methods.build(config)
+    state = train_step.create_train_state(config, model, method, 10, mesh)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     assert _conv_and_matmul_input_dtypes(model, variables, labelled['image']) == {dtype}
     logits, _ = jax.eval_shape(model.apply, variables, labelled['image'])
     assert logits.dtype == np.float32  # losses are computed in float32
-    step = jax.jit(train_step.make_train_step(config, model, 10))
+    step = jax.jit(train_step.make_train_step(config, model, method, 10))
     new_state, metrics = step(state, labelled, unlabelled)
     floats = {x.dtype for x in jax.tree.leaves((new_state.params, new_state.opt_state,
                                                 new_state.batch_stats))
@@ -239,6 +239,12 @@ def test_demo_smoke_trains_evaluates_and_predicts_from_the_command_line(smoke_ru
                                                                          abs=1e-3)
   for key in ('confusion_matrix', 'mean_class_accuracy', 'per_class_iou', 'pixel_accuracy'):
     assert key in trained
+  # --step scores that checkpoint, not the best, and says so.
+  other = {2: 4, 4: 2}[trained['step']]
+  stepped = _cli('--config=configs/demo.py:smoke', '--mode=eval', f'--step={other}',
+                 workdir=workdir)
+  assert f'test (step {other}), written to' in stepped.stdout
+  assert _read_json(workdir / 'eval_test.json')['step'] == other
   # A model the checkpoint was not saved from stops before restoring, every change listed.
   drift = _cli('--config=configs/demo.py:smoke', '--mode=eval', '--config.model.width=16',
                workdir=workdir, check=False)
@@ -273,7 +279,7 @@ def test_demo_smoke_trains_evaluates_and_predicts_from_the_command_line(smoke_ru
 def test_stop_request_catches_sigint_and_sigterm_and_restores_handlers():
   before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
   for sig in (signal.SIGINT, signal.SIGTERM):
-    with train.StopRequest() as stop:
+    with loop.StopRequest() as stop:
       assert stop.requested is None
       signal.raise_signal(sig)  # would end the test session without the handler
       assert stop.requested == sig.name

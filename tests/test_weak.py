@@ -159,9 +159,10 @@ def test_weak_loss_ignores_unsure_pixels_and_is_finite_without_any():
   value, grad = jax.value_and_grad(losses.weak_loss)(aux, unsure)
   assert value == 0 and np.all(np.isfinite(grad)) and not np.any(grad)
   # Over perturbation types, the mean over all K decoders (2 of one type, 1 of another).
-  split = {'a': aux[:2], 'b': aux[2:]}
-  assert methods_cct.weak_loss(split, labels) == pytest.approx(float(losses.weak_loss(aux, labels)),
-                                                         rel=1e-6)
+  ce = lambda stacked: {'weak': jax.vmap(losses.cross_entropy, (0, None))(stacked, labels)}
+  split = {'a': ce(aux[:2]), 'b': ce(aux[2:])}
+  assert methods_cct.mean_over_decoders(split)['weak'] == pytest.approx(
+      float(losses.weak_loss(aux, labels)), rel=1e-6)
 
 
 def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_decoder():
@@ -179,10 +180,12 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
   fns = perturbations.build_perturbations(config.perturbations)
 
   def loss(params):
-    (_, aux), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                              images, train=True, perturbations=fns, key=jax.random.key(1),
-                              mutable=['batch_stats'])
-    return methods_cct.weak_loss(aux, labels)
+    (main, aux), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                 images, train=True, perturbations=fns, key=jax.random.key(1),
+                                 resize=False, mutable=['batch_stats'])
+    losses_of = methods_cct.decoder_losses(config, main, labels)
+    return methods_cct.mean_over_decoders(
+        {name: decoders.map(losses_of)[0] for name, decoders in aux.items()})['weak']
 
   grads = jax.jit(jax.grad(loss))(variables['params'])
   norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
@@ -379,7 +382,7 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
   config.model.output_stride = 4  # as configs/demo.py
   mesh = parallel.data_mesh()
   model = models.model_from_config(config.model)  # the encoder and main decoder suffice
-  state = train_step.create_train_state(config, model, 4, mesh)
+  state = train_step.create_train_state(config, model, methods.get(config), 4, mesh)
   loaded = state_lib.with_encoder_from(state, str(workdir / 'classifier'), mesh)
   saved = checkpointing.restore_arrays(str(workdir / 'classifier' / 'checkpoints'))
   for got, want in zip(jax.tree.leaves(loaded.params['encoder']),
@@ -392,5 +395,5 @@ def test_segmentation_training_starts_from_the_pretrained_encoder(weak_run):
   config.model.psp_features = 16
   other = models.model_from_config(config.model)
   with pytest.raises(ValueError, match='its encoder does not match config.model'):
-    state_lib.with_encoder_from(train_step.create_train_state(config, other, 4, mesh),
+    state_lib.with_encoder_from(train_step.create_train_state(config, other, methods.get(config), 4, mesh),
                             str(workdir / 'classifier'), mesh)

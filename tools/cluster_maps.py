@@ -25,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
-from cct_jax import cluster_maps, predict, state as state_lib, train, visualize
+from cct_jax import cluster_maps, predict, segmentation, state as state_lib, visualize
 from cct_jax.data import sources, transforms
 
 FLAGS = flags.FLAGS
@@ -56,13 +56,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config
   names = predict.list_images(FLAGS.input)
-  trainer = train.SingleDomainTrainer(config, FLAGS.workdir)
-  model, state = trainer.model, trainer.restore()
-  predict_fn = jax.jit(trainer.predict_fn(None))
-  encoders = {'encoder': trainer.method.evaluated(state.extra, state_lib.variables(state))}
+  task = segmentation.build(config)
+  model, state = task.model, task.restore(FLAGS.workdir, purpose='eval')
+  predict_fn = jax.jit(task.predict_fn(None))
+  encoders = {'encoder': task.method.evaluated(state.extra, state_lib.variables(state))}
   if FLAGS.classifier:
     encoders['classifier'] = state_lib.variables(
-        state_lib.with_encoder_from(state, FLAGS.classifier, trainer.mesh))
+        state_lib.with_encoder_from(state, FLAGS.classifier, task.mesh))
   features_fns = {kind: jax.jit(functools.partial(cluster_maps.encoder_features, model, v))
                   for kind, v in encoders.items()}
   colours = np.asarray(visualize.palette(), np.uint8).reshape(-1, 3)

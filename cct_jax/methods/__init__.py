@@ -3,8 +3,9 @@
 The trainers (train.py, multidomain.py) ask the configured method (`train.mode`) what it
 needs: an unlabelled batch every step and which of its keys, auxiliary decoders, state of
 its own beside the model (Mean Teacher's teacher), and which variables are evaluated. They
-never test the mode by name. A new method is one module here and one line in `METHODS`; its
-settings, if it has any, are `baselines.<mode>` (its `default_config`).
+never test the mode by name. A new method is one module here, ending in its `METHOD`
+(a `method.Method`), and one line in `METHODS` (with its name in the import); its settings,
+if it has any, are `baselines.<mode>` (its `default_config`).
 `build(config)` is where a network is made from a config, with the method that trains it.
 
 A method's unsupervised term is built by `make_term(config, model)`:
@@ -19,64 +20,20 @@ A method's unsupervised term is built by `make_term(config, model)`:
            the model sows terms of its own (the multi-domain discriminator's).
 """
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
 import flax.linen as nn
 import ml_collections
 
 from cct_jax import errors, models, perturbations
 from cct_jax.methods import cct, input_vat, mean_teacher
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """A training method as the trainers see it.
-
-  make_term        (config, model) -> term, as above; None: the labelled loss only.
-  aux_decoders     the model carries CCT's auxiliary decoders.
-  pseudo_labels    the unlabelled batch may carry pseudo-label masks (`data.pseudo_labels`).
-  init_extra       (variables) -> the method's state beside the model.
-  update_extra     (config, extra, variables) -> extra, after every optimiser step.
-  evaluated        (extra, variables) -> the variables that evaluation and prediction use.
-  check_config     (config) -> None; raises on settings the method cannot run with.
-  default_config   () -> its settings, `config.baselines.<mode>`; None: it has none.
-  """
-  make_term: Callable | None = None
-  aux_decoders: bool = False
-  pseudo_labels: bool = False
-  init_extra: Callable[[dict], dict] = lambda variables: {}
-  update_extra: Callable[[Any, dict, dict], dict] | None = None
-  evaluated: Callable[[dict, dict], dict] = lambda extra, variables: variables
-  check_config: Callable[[Any], None] = lambda config: None
-  default_config: Callable[[], ml_collections.ConfigDict] | None = None
-
-  @property
-  def uses_unlabelled(self) -> bool:
-    return self.make_term is not None
-
-  def unlabelled_keys(self, data_cfg) -> tuple[str, ...]:
-    """The keys of the unlabelled batch the term reads; none without unlabelled data."""
-    if not self.uses_unlabelled:
-      return ()
-    return ('image', 'mask') if self.pseudo_labels and data_cfg.pseudo_labels else ('image',)
+from cct_jax.methods.method import Method
 
 
 METHODS = {
-    'semi': Method(make_term=cct.make_term, aux_decoders=True, pseudo_labels=True,
-                   check_config=cct.check_config),
+    'semi': cct.METHOD,
     'supervised': Method(),
-    'mean_teacher': Method(make_term=mean_teacher.make_term,
-                           init_extra=mean_teacher.init_extra,
-                           update_extra=mean_teacher.update_extra,
-                           evaluated=mean_teacher.evaluated,
-                           check_config=mean_teacher.check_config,
-                           default_config=mean_teacher.default_config),
-    'input_vat': Method(make_term=input_vat.make_term, check_config=input_vat.check_config,
-                        default_config=input_vat.default_config),
+    'mean_teacher': mean_teacher.METHOD,
+    'input_vat': input_vat.METHOD,
 }
-
 
 def default_config() -> ml_collections.ConfigDict:
   """`config.baselines`: each method's own settings under its mode (App. A's baselines';

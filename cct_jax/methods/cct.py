@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from cct_jax import losses, models, perturbations
+from cct_jax.methods.method import Method
 from cct_jax.models import cct
 
 # The two streams of the step's key (fold_in of it): the perturbations' draws, and the
@@ -74,3 +75,7 @@ def make_term(config, model):
     return terms, {**updates, cct.METRICS: norms}
 
   return term
+
+
+METHOD = Method(make_term=make_term, aux_decoders=True, pseudo_labels=True,
+                check_config=check_config)

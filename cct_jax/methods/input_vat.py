@@ -8,6 +8,7 @@ import ml_collections
 
 from cct_jax import errors, losses, perturbations
 from cct_jax.methods.main_decoder import train_logits
+from cct_jax.methods.method import Method
 from cct_jax.models import cct
 
 
@@ -51,3 +52,7 @@ def make_term(config, model):
              cct.METRICS: {'perturbation_norm_input_vat': (r_adv_norm,)}})
 
   return term
+
+
+METHOD = Method(make_term=make_term, check_config=check_config,
+                default_config=default_config)

@@ -10,6 +10,7 @@ import ml_collections
 
 from cct_jax import errors, losses
 from cct_jax.methods.main_decoder import train_logits
+from cct_jax.methods.method import Method
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,3 +69,7 @@ def make_term(config, model):
             {'batch_stats': batch_stats})
 
   return term
+
+
+METHOD = Method(make_term=make_term, init_extra=init_extra, update_extra=update_extra,
+                evaluated=evaluated, check_config=check_config, default_config=default_config)

@@ -11,7 +11,7 @@ import ml_collections
 class Method:
   """A training method as the runs see it.
 
-  make_term        (config, model) -> term, as methods/__init__.py says; None: the labelled loss only.
+  make_term        (config, model) -> term (methods/__init__.py); None: the labelled loss only.
   aux_decoders     the model carries CCT's auxiliary decoders.
   pseudo_labels    the unlabelled batch may carry pseudo-label masks (`data.pseudo_labels`).
   init_extra       (variables) -> the method's state beside the model.

@@ -21,7 +21,7 @@ from flax import struct, traverse_util
 from jax import lax
 
 from cct_jax.models import padding
-from cct_jax.models.decoders import Decoder
+from cct_jax.models.decoders import DecoderSpec
 from cct_jax.models.psp import PSP
 from cct_jax.models.resnet import Convolution, ResNet
 
@@ -156,19 +156,14 @@ class StackedDecoders:
 class DecoderStack(nn.Module):
   """`count` decoders of one perturbation type, as one stacked parameter tree."""
   count: int
-  num_classes: int
-  final_relu: bool = True
-  num_upsamples: int = 3
-  decoder_width: int = 0
-  dtype: jnp.dtype = jnp.float32
+  spec: DecoderSpec
   remat: bool = False  # see StackedDecoders.one_at_a_time
 
   @nn.compact
   def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
                perturb: Perturbation) -> StackedDecoders:
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
-    decoder = Decoder(self.num_classes, self.num_upsamples, self.final_relu,
-                      self.decoder_width, self.dtype, parent=None)
+    decoder = self.spec.build(parent=None)
     init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
         jax.random.split(rng, self.count))
     return StackedDecoders(self.param('decoders', init_stack),
@@ -179,18 +174,13 @@ class DecoderStack(nn.Module):
 class AuxiliaryDecoders(nn.Module):
   """One `DecoderStack` per perturbation type with a non-zero count."""
   counts: Mapping[str, int]
-  num_classes: int
-  final_relu: bool = True
-  num_upsamples: int = 3
-  decoder_width: int = 0
-  dtype: jnp.dtype = jnp.float32
+  spec: DecoderSpec
   remat: bool = False  # see StackedDecoders.one_at_a_time
 
   @nn.compact
   def __call__(self, z, key, main_logits,
                perturbations: Mapping[str, Perturbation]) -> dict[str, StackedDecoders]:
-    return {name: DecoderStack(count, self.num_classes, self.final_relu, self.num_upsamples,
-                               self.decoder_width, self.dtype, self.remat, name=name)(
+    return {name: DecoderStack(count, self.spec, self.remat, name=name)(
                                    z, perturbation_type_key(key, name), main_logits,
                                    perturbations[name])
             for name, count in self.counts.items() if count > 0}
@@ -201,12 +191,12 @@ class CCT(nn.Module):
 
   `__call__(x, train, perturbations, key)` returns `(main_logits, aux)`: the main logits
   at the input size, and aux maps each perturbation type to its `StackedDecoders`, which
-  the losses run; it is empty when no
-  perturbations are given (labelled batches, evaluation). With `resize=False` the main
-  logits stay at the decoders' resolution (8x z: 328 for a 321 input), where the authors'
-  code compares them with the auxiliary decoders'; resizing 60 full-resolution maps costs
-  more than the consistency loss itself. The main prediction reaches the perturbations
-  stop-gradient'ed: the consistency loss must not train the main decoder.
+  the losses run; it is empty when no perturbations are given (labelled batches,
+  evaluation). With `resize=False` the main logits stay at the decoders' resolution (8x z:
+  328 for a 321 input), where the authors' code compares them with the auxiliary
+  decoders'; resizing 60 full-resolution maps costs more than the consistency loss
+  itself. The main prediction reaches the perturbations stop-gradient'ed: the consistency
+  loss must not train the main decoder.
   The decoders compute in the encoder's dtype; the logits come back in float32.
   """
   num_classes: int
@@ -218,11 +208,10 @@ class CCT(nn.Module):
 
   def setup(self):
     upsamples = decoder_upsamples(self.encoder.output_stride)
-    dtype = self.encoder.dtype
-    self.main_decoder = Decoder(self.num_classes, upsamples, self.final_relu,
-                                self.decoder_width, dtype)
-    self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), self.num_classes,
-                                          self.final_relu, upsamples, self.decoder_width, dtype,
+    spec = DecoderSpec(self.num_classes, upsamples, self.final_relu, self.decoder_width,
+                       self.encoder.dtype)
+    self.main_decoder = spec.build()
+    self.aux_decoders = AuxiliaryDecoders(dict(self.aux_counts or {}), spec,
                                           self.remat_decoders)
 
   def __call__(self, x: jax.Array, train: bool = False,

@@ -7,6 +7,9 @@ at the input resolution. It holds parameters only (no batch statistics), so a st
 decoders is a pytree with a leading axis of size K that `jax.vmap` runs as one computation.
 """
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -76,3 +79,17 @@ class Decoder(nn.Module):
         x = nn.relu(x)
       x = pixel_shuffle(x)
     return x
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+  """What the main and every auxiliary decoder of a network share (`Decoder`'s fields)."""
+  num_classes: int
+  num_upsamples: int = 3
+  final_relu: bool = True
+  width: int = 0
+  dtype: Any = jnp.float32
+
+  def build(self, **module_kwargs) -> Decoder:
+    return Decoder(self.num_classes, self.num_upsamples, self.final_relu, self.width,
+                   self.dtype, **module_kwargs)

@@ -28,7 +28,7 @@ Sets:
              seed: supervised, CCT and CCT with the adversarial branch (sec. 3.4, App. E);
              each domain's test mIoU and their average
 
-Runs live in `--workdir` (default runs/accuracy), one folder each. A finished run is read
+Runs live in `--runs_dir` (default runs/accuracy), one folder each. A finished run is read
 back, from its folder or, when that is gone (a fresh checkout), from the results JSON if it
 records the run with the same commands (`--fresh` trains it again); an interrupted one
 resumes from its checkpoint: stop and restart at will. Runs the JSON records but this
@@ -86,8 +86,8 @@ _FRESH = flags.DEFINE_bool(
     'already records it.')
 _ABLATION_SEEDS = flags.DEFINE_list('ablation_seeds', ['0'],
                                     "Seeds of the ablation set ('' for none).")
-_WORKDIR = flags.DEFINE_string('workdir', os.path.join(REPO, 'runs', 'accuracy'),
-                               'Folder of the runs, one folder each.')
+_RUNS_DIR = flags.DEFINE_string('runs_dir', os.path.join(REPO, 'runs', 'accuracy'),
+                                'Folder of the runs, one folder each.')
 
 
 def perturbation_types(dataset: str) -> list[str]:
@@ -476,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   are parsed from sys.argv here."""
   if argv is None:
     flags.FLAGS(sys.argv)
-  quick, workdir, fresh = _QUICK.value, _WORKDIR.value, _FRESH.value
+  quick, workdir, fresh = _QUICK.value, _RUNS_DIR.value, _FRESH.value
   datasets = DATASETS if _DATASETS.value is None else [d for d in _DATASETS.value if d]
   if quick and _DATASETS.value is None:
     datasets = [QUICK_DATASET]

@@ -92,14 +92,18 @@ def classifier_stream(config, first_step: int):
       read_threads=config.data.read_threads, prefetch=config.data.prefetch))
 
 
-def create_classifier_state(config, model, mesh) -> state_lib.TrainState:
-  """Encoder + g_c for `weak.classifier_steps` steps of `weak.classifier_optim`, from the
-  ImageNet trunk when configured (the paper's classifier starts from ImageNet too)."""
+def create_classifier_state(config, model, mesh,
+                            starting_weights: bool = True) -> state_lib.TrainState:
+  """Encoder + g_c for `weak.classifier_steps` steps of `weak.classifier_optim`; with
+  `starting_weights`, from the ImageNet trunk when configured (the paper's classifier
+  starts from ImageNet too)."""
   key = state_lib.seed_stream(config.seed, 'classifier_init')
   state = state_lib.create(
       model.apply, lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))),
       schedules.make_optimizer(config.weak.classifier_optim, config.weak.classifier_steps),
       key, mesh)
+  if not starting_weights:
+    return state
   return state_lib.with_pretrained_trunk(state, config.model, mesh)
 
 
@@ -112,8 +116,9 @@ def train_classifier(config, workdir: str) -> dict:
   model = weak.classifier(config)
   weak_cfg = config.weak
   writer, checkpoints, state = loop.open_run(
-      config, workdir, create_classifier_state(config, model, mesh), mesh=mesh,
-      max_checkpoints=2)
+      config, workdir,
+      lambda starting_weights: create_classifier_state(config, model, mesh, starting_weights),
+      mesh=mesh, max_checkpoints=2)
 
   stream = classifier_stream(config, int(state.step))
   rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)

@@ -44,6 +44,9 @@ def train_config() -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       max_checkpoints=2,
       num_pictures=8,  # validation/test examples drawn at each evaluation
+      # 'A:B' writes a jax.profiler trace of steps A+1..B under <workdir>/profile (README
+      # "Profiling"); '' none.
+      profile_steps='',
   ))
 
 

@@ -4,9 +4,11 @@ loss, SIGTERM / SIGINT, model selection and the final report. What a run trains 
 in as callables (`train_one`, `evaluate`, `report`), as `Method` and `Dataset` pass theirs.
 """
 
+import contextlib
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from cct_jax import checkpointing, config_drift, parallel, watchdog
+from cct_jax import checkpointing, config_drift, errors, parallel, watchdog
 from cct_jax.state import TrainState
 from cct_jax.writers import MetricWriter
 
@@ -62,6 +64,43 @@ def check_finite(history: list[tuple[int, dict]], last_good: int | None, directo
                                f'{kept}')
 
 
+def profile_window(spec: str) -> tuple[int, int] | None:
+  """`train.profile_steps` 'A:B' -> (A, B), the steps A+1..B traced; '' -> None."""
+  if not spec:
+    return None
+  first, _, last = spec.partition(':')
+  if not (first.isdigit() and last.isdigit() and int(first) < int(last)):
+    raise errors.UserError(f"train.profile_steps={spec!r}: expected 'A:B' with 0 <= A < B "
+                           "(steps A+1..B are traced), or '' for none")
+  return int(first), int(last)
+
+
+class StepProfiler:
+  """A jax.profiler trace of the steps of `window` (`profile_window`) into `directory`, for
+  TensorBoard's profile plugin or xprof. The first steps of a run compile, so a window
+  after them shows the steady state; a run resumed past its start traces nothing."""
+
+  def __init__(self, window: tuple[int, int] | None, directory: str):
+    self.window, self.directory, self.tracing = window, directory, False
+
+  def step_starts(self, step: int) -> None:
+    if self.window is not None and step == self.window[0]:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+
+  def step_done(self, done: int, outputs) -> None:
+    if self.tracing and done == self.window[1]:
+      jax.block_until_ready(outputs)  # the traced steps' device work, whole
+      self.close()
+      logging.info('profile of steps %d-%d written to %s (tensorboard --logdir %s, '
+                   'Profile tab)', self.window[0] + 1, done, self.directory, self.directory)
+
+  def close(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Intervals:
   """Every how many steps the loop logs, evaluates (0: never), checkpoints and agrees
@@ -101,27 +140,28 @@ class Checkpoints:
     return checkpointing.restore(self.best, self.abstract_state)
 
 
-def open_run(config, workdir: str, state: TrainState, *, mesh, max_checkpoints: int,
-             select_metric: str = 'miou',
-             fresh_start: Callable[[TrainState], TrainState] = lambda state: state):
+def open_run(config, workdir: str, create_state: Callable[[bool], TrainState], *, mesh,
+             max_checkpoints: int, select_metric: str = 'miou'):
   """The run in `workdir` (a folder or gs://...): its writer, its checkpoints and the state
-  to train from, the latest checkpoint's (after checking that `config` shapes the state it
-  was saved from) or, with none, `fresh_start(state)`. Returns (writer, checkpoints,
-  state)."""
+  to train from: the latest checkpoint's (after checking that `config` shapes the state it
+  was saved from), or with none `create_state(True)`, a new run's state with its starting
+  weights. Returns (writer, checkpoints, state)."""
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-  checkpoints = Checkpoints(
-      latest=checkpointing.manager(os.path.join(workdir, 'checkpoints'), max_checkpoints),
-      best=checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1),
-      abstract_state=checkpointing.abstract_with_sharding(state, parallel.replicated(mesh)),
-      select_metric=select_metric)
-  resumed_step = checkpointing.latest_step(checkpoints.latest)
+  latest = checkpointing.manager(os.path.join(workdir, 'checkpoints'), max_checkpoints)
+  resumed_step = checkpointing.latest_step(latest)
   if resumed_step is not None:
     config_drift.check_against_saved(config, workdir, purpose='resume')
   writer.write_config(config)
+  state = create_state(resumed_step is None)  # no weights read only to be overwritten
+  checkpoints = Checkpoints(
+      latest=latest,
+      best=checkpointing.manager(os.path.join(workdir, 'best'), max_to_keep=1),
+      abstract_state=checkpointing.abstract_with_sharding(state, parallel.replicated(mesh)),
+      select_metric=select_metric)
   if resumed_step is None:
-    return writer, checkpoints, fresh_start(state)
-  logging.info('resumed from step %d in %s', resumed_step, checkpoints.latest.directory)
+    return writer, checkpoints, state
+  logging.info('resumed from step %d in %s', resumed_step, latest.directory)
   return writer, checkpoints, checkpointing.restore(checkpoints.latest,
                                                     checkpoints.abstract_state)
 
@@ -130,11 +170,14 @@ def train_loop(state: TrainState, *, num_steps: int,
                train_one: Callable[[TrainState, int], tuple[TrainState, dict]],
                evaluate: Callable[[TrainState, int], float] | None,
                checkpoints: Checkpoints, writer: MetricWriter, every: Intervals,
-               images_per_step: float) -> tuple[TrainState, bool]:
+               images_per_step: float,
+               profiler: StepProfiler | None = None) -> tuple[TrainState, bool]:
   """From `state.step` to `num_steps`: metrics fetched from the devices every `every.log`
   steps (a non-finite one stops the run), `evaluate(state, step)` (the selection score)
   every `every.evaluate` steps with the best kept apart, the state saved every
-  `every.checkpoint`. Returns (state, whether a stop was requested)."""
+  `every.checkpoint`, the steps of `profiler`'s window traced. Returns (state, whether a
+  stop was requested)."""
+  profiler = profiler or StepProfiler(None, '')
   last_good = checkpointing.latest_step(checkpoints.latest)
   best_score = checkpoints.best_score()
   history: list[tuple[int, Any]] = []  # device metrics, fetched at the next flush
@@ -146,9 +189,19 @@ def train_loop(state: TrainState, *, num_steps: int,
     writer.write_scalars(fetched)
 
   writer.start(int(state.step), num_steps, images_per_step)
-  with StopRequest() as stop:
-    for step in range(int(state.step), num_steps):
+  first_step = int(state.step)
+  with StopRequest() as stop, contextlib.closing(profiler):
+    for step in range(first_step, num_steps):
+      if step == first_step:
+        logging.info('compiling the train step (the first step waits for it)')
+        started = time.perf_counter()
+      profiler.step_starts(step)
       state, metrics = train_one(state, step)
+      profiler.step_done(step + 1, metrics)
+      if step == first_step:
+        jax.block_until_ready(metrics)
+        logging.info('first step done in %.1f s, compiling included',
+                     time.perf_counter() - started)
       history.append((step + 1, metrics))
       done, last = step + 1, step + 1 == num_steps
       stopping = stop.agreed(sync=done % every.stop_check == 0)

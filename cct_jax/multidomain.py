@@ -69,11 +69,12 @@ def check_domains(config) -> None:
 
 
 def create_train_state(config, model: models.MultiDomainCCT, method: methods.Method,
-                       num_steps: int, mesh):
+                       num_steps: int, mesh, *, starting_weights: bool = True):
   """The single-domain initial state; with `domain_batch_stats`, one copy of the encoder's
   BN running statistics per domain, which only that domain's steps update and only its
   evaluation reads."""
-  state = train_step.create_train_state(config, model, method, num_steps, mesh)
+  state = train_step.create_train_state(config, model, method, num_steps, mesh,
+                                        starting_weights=starting_weights)
   if config.domain_batch_stats:  # Copies: a donated state must not hold a buffer twice.
     state = state.replace(batch_stats={name: jax.tree.map(lambda x: x.copy(), state.batch_stats)
                                        for name in domain_names(config)})

@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cct_jax import (config_drift, errors, evaluate, methods, multidomain, parallel, perturbations,
-                     progress, state as state_lib, train_step, visualize)
+from cct_jax import (config_drift, errors, evaluate, loop, methods, multidomain, parallel,
+                     perturbations, progress, state as state_lib, train_step, visualize)
 from cct_jax.data import factory as data_factory, pipeline as data_pipeline
 from cct_jax.models import pretrained
 from cct_jax.state import TrainState
@@ -29,6 +29,7 @@ def check_single_domain(config) -> None:
     raise errors.UserError(f'model.num_classes={config.model.num_classes} but data.num_classes='
                            f'{config.data.num_classes} ({config.data.name})')
   perturbations.build_perturbations(config.perturbations)  # unknown types, VAT method
+  loop.profile_window(config.train.profile_steps)
   pretrained.check_pretrained_config(config.model)
   if config.model.encoder_from and config.model.pretrained not in (pretrained.REQUIRED,
                                                                    pretrained.FROM_SCRATCH):
@@ -65,14 +66,13 @@ class Segmentation:
   def multi_domain(self) -> bool:
     return None not in self.targets
 
-  def create_state(self, num_steps: int) -> TrainState:
-    """The initial state, replicated on the mesh, for an optimiser of `num_steps` steps
-    (the ImageNet trunk loaded when configured)."""
-    if self.multi_domain:
-      return multidomain.create_train_state(self.config, self.model, self.method, num_steps,
-                                            self.mesh)
-    return train_step.create_train_state(self.config, self.model, self.method, num_steps,
-                                         self.mesh)
+  def create_state(self, num_steps: int, starting_weights: bool = True) -> TrainState:
+    """The initial state, replicated on the mesh, for an optimiser of `num_steps` steps;
+    with `starting_weights`, a new run's (train_step.create_train_state)."""
+    create = (multidomain.create_train_state if self.multi_domain
+              else train_step.create_train_state)
+    return create(self.config, self.model, self.method, num_steps, self.mesh,
+                  starting_weights=starting_weights)
 
   def train_step(self, target, num_steps: int):
     """The jitted-to-be step that trains `target`: (state, labelled, unlabelled) ->
@@ -99,7 +99,7 @@ class Segmentation:
     state_lib.checkpoint_to_restore(workdir, step)  # before seconds of building the state
     config_drift.check_against_saved(self.config, workdir, purpose=purpose)
     # The optimiser's schedule is not run: any step count shapes the state.
-    template = self.create_state(max(self.config.train.num_steps, 1))
+    template = self.create_state(max(self.config.train.num_steps, 1), starting_weights=False)
     return state_lib.restore_best_or_latest(template, workdir, step)
 
 

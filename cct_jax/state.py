@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from etils import epath
 from flax.training import train_state
 
@@ -144,4 +145,6 @@ def restore_best_or_latest(state: TrainState, workdir: str,
   directory = checkpoint_to_restore(workdir, step)
   abstract_state = checkpointing.abstract_with_sharding(
       state, parallel.replicated(parallel.data_mesh()))
-  return checkpointing.restore(checkpointing.manager(directory), abstract_state, step)
+  restored = checkpointing.restore(checkpointing.manager(directory), abstract_state, step)
+  logging.info('restored step %d from %s', int(restored.step), directory)
+  return restored

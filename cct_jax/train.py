@@ -14,13 +14,14 @@ imports no data library so that the step runs where they are absent).
 """
 
 import contextlib
+import os
 
 import jax
 import numpy as np
 from absl import logging
 
 from cct_jax import (evaluate, loop, multidomain, parallel, progress, segmentation,
-                     state as state_lib, train_step)
+                     train_step)
 from cct_jax.data import factory as data_factory, pipeline as data_pipeline
 from cct_jax.writers import MetricWriter
 
@@ -42,15 +43,6 @@ def run_length(task: segmentation.Segmentation) -> int:
   per_target = [total_steps(view, len(data_factory.make_source(view.data, 'train_unlabelled')))
                 for view in task.targets.values()]
   return len(per_target) * max(per_target)
-
-
-def start_from_classifier(task: segmentation.Segmentation, state):
-  """The state of a run with no checkpoint yet: with `model.encoder_from`, the encoder
-  of a classification pre-training run (sec. 3.3)."""
-  if task.config.model.encoder_from:
-    return state_lib.with_encoder_from(state, task.config.model.encoder_from, task.mesh,
-                                       task.method.init_extra)
-  return state
 
 
 def open_streams(task: segmentation.Segmentation, first_step: int) -> dict:
@@ -82,10 +74,24 @@ def draw(task: segmentation.Segmentation, streams, data_cfg) -> tuple[dict, dict
   return labelled, unlabelled, waited
 
 
-def images_per_step(task: segmentation.Segmentation) -> float:
+def batch_sizes(task: segmentation.Segmentation) -> tuple[float, float]:
+  """(labelled, unlabelled) images of a step, averaged over the domains."""
   views = task.targets.values()
-  return (np.mean([v.data.batch_size_labelled for v in views]) + task.method.uses_unlabelled *
-          np.mean([v.data.batch_size_unlabelled for v in views]))
+  return (float(np.mean([v.data.batch_size_labelled for v in views])),
+          task.method.uses_unlabelled * float(np.mean([v.data.batch_size_unlabelled
+                                                       for v in views])))
+
+
+def log_start(task: segmentation.Segmentation, first_step: int, num_steps: int) -> None:
+  """Where the run runs and on what, before the silence of the first compile."""
+  devices = jax.devices()
+  labelled, unlabelled = batch_sizes(task)
+  per_device = f'{labelled / len(devices):g}' + (
+      f' + {unlabelled / len(devices):g}' if unlabelled else '')
+  logging.info('%s: %d %s device(s) over %d process(es); steps %d -> %d of %g%s images '
+               '(%s per device)', jax.default_backend(), len(devices), devices[0].device_kind,
+               jax.process_count(), first_step, num_steps, labelled,
+               f' + {unlabelled:g}' if unlabelled else '', per_device)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -98,10 +104,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = segmentation.build(config)
   num_steps = run_length(task)
   writer, checkpoints, state = loop.open_run(
-      config, workdir, task.create_state(num_steps), mesh=task.mesh,
-      max_checkpoints=config.train.max_checkpoints,
-      fresh_start=lambda state: start_from_classifier(task, state))
+      config, workdir, lambda starting_weights: task.create_state(num_steps, starting_weights),
+      mesh=task.mesh, max_checkpoints=config.train.max_checkpoints)
 
+  log_start(task, int(state.step), num_steps)
   streams = open_streams(task, int(state.step))
   step_fns = {target: train_step.jit_train_step(task.train_step(target, num_steps), task.mesh,
                                                 task.method.uses_unlabelled)
@@ -126,7 +132,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state, num_steps=num_steps, train_one=train_one,
         evaluate=lambda state, step: evaluator.select(state, step, writer, num_pictures),
         checkpoints=checkpoints, writer=writer, every=loop.Intervals.of(config.train),
-        images_per_step=images_per_step(task))
+        images_per_step=sum(batch_sizes(task)),
+        profiler=loop.StepProfiler(loop.profile_window(config.train.profile_steps),
+                                   os.path.join(workdir, 'profile')))
   return loop.finish(state, stopped, checkpoints=checkpoints, writer=writer,
                      report=lambda state: evaluator.report(state, writer, num_pictures))
 

@@ -105,12 +105,18 @@ def state_recipe(config, model, method: methods.Method, num_steps: int) -> tuple
           method.init_extra)
 
 
-def create_train_state(config, model, method: methods.Method, num_steps: int,
-                       mesh) -> TrainState:
-  """The initial state, born replicated on the mesh; trunk weights loaded when configured."""
+def create_train_state(config, model, method: methods.Method, num_steps: int, mesh, *,
+                       starting_weights: bool = True) -> TrainState:
+  """The initial state, born replicated on the mesh. With `starting_weights`, a new run's:
+  the encoder of a classifier run (`model.encoder_from`) or the ImageNet trunk
+  (`model.pretrained`) when configured; without, the state a checkpoint is restored into."""
   apply_fn, init_variables, tx, key, init_extra = state_recipe(config, model, method,
                                                                num_steps)
   state = state_lib.create(apply_fn, init_variables, tx, key, mesh, init_extra)
+  if not starting_weights:
+    return state
+  if config.model.encoder_from:
+    return state_lib.with_encoder_from(state, config.model.encoder_from, mesh, init_extra)
   return state_lib.with_pretrained_trunk(state, config.model, mesh, init_extra)
 
 

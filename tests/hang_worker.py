@@ -10,8 +10,8 @@ from absl import app
 from cct_jax import main, segmentation
 
 
-def stalled_create_state(task, num_steps):
-  del task, num_steps
+def stalled_create_state(task, num_steps, starting_weights=True):
+  del task, num_steps, starting_weights
   threading.Event().wait()  # for ever, without the GIL, as a hung collective waits
 
 

@@ -5,8 +5,10 @@ The in-process runs and the command-line subprocesses all train the same demo sm
 so the session's compilation cache (tests/conftest.py) compiles it once.
 """
 
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +26,10 @@ from cct_jax import (checkpointing, defaults, loop, methods, models, parallel, p
                      train, train_step)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    'profile_top_ops', os.path.join(REPO, 'tools', 'profile_top_ops.py'))
+profile_top_ops = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(profile_top_ops)
 
 
 def _demo_config(arg: str = 'smoke'):
@@ -203,9 +209,12 @@ def _cli(*args, workdir=None, check=True):
 
 @pytest.fixture(scope='module')
 def smoke_run(tmp_path_factory):
-  """`python -m cct_jax.main --config=configs/demo.py:smoke`: 4 uninterrupted steps."""
+  """`python -m cct_jax.main --config=configs/demo.py:smoke`: 4 uninterrupted steps, the
+  last two profiled; its log in `train.log`."""
   workdir = tmp_path_factory.mktemp('smoke_run')
-  _cli('--config=configs/demo.py:smoke', workdir=workdir)
+  trained = _cli('--config=configs/demo.py:smoke', '--config.train.profile_steps=2:4',
+                 workdir=workdir)
+  (workdir / 'train.log').write_text(trained.stderr)
   return workdir
 
 
@@ -226,10 +235,19 @@ def test_demo_smoke_trains_evaluates_and_predicts_from_the_command_line(smoke_ru
   assert 0 <= trained['miou'] <= 1 and trained['split'] == 'test'
   assert sorted(_losses_by_step(workdir)) == [1, 2, 3, 4]
   assert (workdir / 'config.json').exists()
+  log = (workdir / 'train.log').read_text()
+  assert re.search(r'cpu: 4 \S+ device\(s\) over 1 process\(es\); steps 0 -> 4 of 4 \+ 4 '
+                   r'images \(1 \+ 1 per device\)', log), log
+  assert 'first step done in' in log and 'profile of steps 3-4 written to' in log
+  (trace,) = (workdir / 'profile').glob('plugins/profile/*/*.trace.json.gz')
+  ops = profile_top_ops.top_ops(str(trace), top=5)
+  assert len(ops) == 5 and all(ms > 0 for _, ms, _ in ops[:1])
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
   assert os.listdir(workdir / 'best') == [str(trained['step'])]
 
-  _cli('--config=configs/demo.py:smoke', '--mode=eval', workdir=workdir)
+  evaluated = _cli('--config=configs/demo.py:smoke', '--mode=eval', workdir=workdir)
+  assert f'restored step {trained["step"]} from' in evaluated.stderr
+  assert 'from scratch' not in evaluated.stderr
   for split in ('val', 'test'):
     scores = _read_json(workdir / f'eval_{split}.json')
     assert 0 <= scores['miou'] <= 1 and scores['step'] == trained['step']

@@ -41,6 +41,8 @@ from cct_jax import errors
 Perturbation = Callable[..., jax.Array]
 
 VAT_METHODS = ('auto', 'finite_difference', 'hvp')
+# How I-VAT's power step is made a direction: `adversarial_direction`.
+VAT_NORMALISATIONS = ('exact', 'authors')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,10 +210,20 @@ def guided_cutout(z, key, main_logits, decode, *, erase: float, background_class
 # Prediction-based perturbations: I-VAT.
 
 
+def _norm(x: jax.Array) -> jax.Array:
+  """||x|| per sample (over every axis but the first), broadcastable against x."""
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
+
+
 def _unit(x: jax.Array) -> jax.Array:
-  """x / ||x|| per sample (over every axis but the first); a zero sample stays zero."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
-  return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
+  """x / ||x|| per sample; a zero sample stays zero."""
+  return x / jnp.maximum(_norm(x), jnp.finfo(x.dtype).tiny)
+
+
+def _authors_unit(x: jax.Array) -> jax.Array:
+  """x / (||x|| + 1e-8) per sample, the authors' `_l2_normalize`: a unit vector only where
+  ||x|| >> 1e-8, much shorter where x is smaller."""
+  return x / (_norm(x) + 1e-8)
 
 
 def resolved_vat_method(method: str) -> str:
@@ -230,7 +242,8 @@ def resolved_vat_method(method: str) -> str:
   'hvp' stayed at 1.00 (0.999 under bfloat16) throughout. So under TF32 or bfloat16 the
   finite difference is noise; at VOC's size it is in float32 too (xi * d, about 1e-9 a
   component, vanishes against z's float32 resolution): the authors' I-VAT was close to a
-  random direction of norm eps, and 'finite_difference' keeps that behaviour.
+  direction of noise, whose length their normalisation shrank to far below eps
+  (`adversarial_direction`); 'finite_difference' keeps that behaviour.
   """
   if method not in VAT_METHODS:
     raise ValueError(f'vat method {method!r} not in {VAT_METHODS}')
@@ -239,8 +252,8 @@ def resolved_vat_method(method: str) -> str:
   return method
 
 
-def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
-                          iterations: int) -> jax.Array:
+def adversarial_direction(logits_fn, x, key, *, method: str, xi: float, iterations: int,
+                          normalisation: str = 'exact') -> jax.Array:
   """The unit direction (per sample, over all but the batch axis) in which a small change
   of `x` changes the prediction most: VAT's power iteration (Miyato et al.; paper App. G,
   Eqs. 13-15), on the encoder output z (I-VAT) or on the input image (input VAT).
@@ -255,7 +268,18 @@ def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
   that sample only, so the per-sample normalisation gives each sample its own direction.
   A sample whose power step gives exactly zero keeps a zero direction. The direction is a
   constant to any outer gradient (as the authors' `d.grad`).
+
+  `normalisation`:
+    'exact' (the paper's text, Eq. 15): a normal start and every step scaled to unit norm,
+      so eps * d has norm eps exactly.
+    'authors' (their `models/decoders.py`): a U(-0.5, 0.5) start, and the gradient of their
+      batch-mean KL at xi * d divided by its norm + 1e-8 (with 'hvp', H d times xi^2, the
+      same quantity). That gradient is about xi^2 ||H d||: at VOC's size and
+      initialisation far below 1e-8, so d is far shorter than 1 and I-VAT barely
+      perturbs z (benchmarks/results/vat_normalisation.json).
   """
+  if normalisation not in VAT_NORMALISATIONS:
+    raise errors.UserError(f'vat normalisation {normalisation!r} not in {VAT_NORMALISATIONS}')
   method = resolved_vat_method(method)
   x_fixed = jax.lax.stop_gradient(x)
   log_p = jax.lax.stop_gradient(jax.nn.log_softmax(logits_fn(x_fixed)))
@@ -268,11 +292,19 @@ def adversarial_direction(logits_fn, x, key, *, method: str, xi: float,
     power_step = lambda d: jax.grad(lambda d: divergence(xi * d))(d)
   else:
     origin = jnp.zeros_like(x_fixed)
-    power_step = lambda d: jax.jvp(jax.grad(divergence), (origin,), (d,))[1]
+    hessian_times = lambda d: jax.jvp(jax.grad(divergence), (origin,), (d,))[1]
+    # The finite difference's gradient at small xi is xi^2 H d: the authors' rule sees it.
+    power_step = (hessian_times if normalisation == 'exact'
+                  else lambda d: xi * xi * hessian_times(d))
 
-  d = _unit(jax.random.normal(key, x.shape, x.dtype))
-  for _ in range(iterations):
-    d = _unit(power_step(d))
+  if normalisation == 'exact':
+    d = _unit(jax.random.normal(key, x.shape, x.dtype))
+    for _ in range(iterations):
+      d = _unit(power_step(d))
+  else:
+    d = _authors_unit(jax.random.uniform(key, x.shape, x.dtype, -0.5, 0.5))
+    for _ in range(iterations):
+      d = _authors_unit(power_step(d) / x.shape[0])  # 'batchmean': their KL over B
   return jax.lax.stop_gradient(d)
 
 
@@ -280,22 +312,27 @@ def _check_vat(hyper_parameters: dict) -> None:
   if hyper_parameters['method'] not in VAT_METHODS:
     raise errors.UserError(f"perturbations.vat.method {hyper_parameters['method']!r} not in "
                            f'{VAT_METHODS}')
+  if hyper_parameters['normalisation'] not in VAT_NORMALISATIONS:
+    raise errors.UserError(f"perturbations.vat.normalisation "
+                           f"{hyper_parameters['normalisation']!r} not in {VAT_NORMALISATIONS}")
 
 
-@register('vat', dict(count=2, method='auto', xi=1e-6, eps=2.0, iterations=1),
-          check=_check_vat)
+@register('vat', dict(count=2, method='auto', xi=1e-6, eps=2.0, iterations=1,
+                      normalisation='authors'), check=_check_vat)
 def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
-        iterations: int):
+        iterations: int, normalisation: str):
   """I-VAT (paper App. G): z~ = z + r_adv, r_adv = eps * `adversarial_direction` of the
-  auxiliary decoder that owns it, so ||r_adv|| = eps per sample (0 where the direction
-  is zero).
+  auxiliary decoder that owns it. With `normalisation='exact'` (the paper's Eq. 15)
+  ||r_adv|| = eps per sample (0 where the direction is zero); with 'authors' (the default:
+  the code behind the paper's tables) it is eps times the length of their normalised
+  gradient, far below eps at VOC's size (`adversarial_direction`).
 
   Neither the encoder nor the decoder gets a gradient through r_adv: the encoder is
   trained through z only.
   """
   del main_logits
   return z + eps * adversarial_direction(decode, z, key, method=method, xi=xi,
-                                         iterations=iterations)
+                                         iterations=iterations, normalisation=normalisation)
 
 
 # --------------------------------------------------------------------------------------

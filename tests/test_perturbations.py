@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cct_jax import perturbations as pt
+from cct_jax import errors, perturbations as pt
 from cct_jax.models.decoders import Decoder
 
 NUM_CLASSES = 5
@@ -52,7 +52,8 @@ def test_each_block_carries_its_count_and_hyper_parameters():
   built = pt.build_perturbations(cfg)
   assert list(built) == list(counts)
   assert built['cutout'].keywords == dict(erase=0.4, background_class=0)  # shared field
-  assert built['vat'].keywords == dict(method='auto', xi=1e-6, eps=2.0, iterations=1)
+  assert built['vat'].keywords == dict(method='auto', xi=1e-6, eps=2.0, iterations=1,
+                                       normalisation='authors')
   cfg.background_class = 3
   cfg.feature_noise.uniform_range = 0.1
   pt.set_counts(cfg, dict(context_mask=0, object_mask=0))
@@ -226,12 +227,31 @@ def test_vat_norm_is_eps_and_no_gradient_through_r_adv(decoder, method):
   z = _positive_z(13, (2, 4, 4, 16))
   perturb = functools.partial(pt.vat, key=_key(14), main_logits=None,
                               decode=decode, method=method, xi=1e-6, eps=2.0,
-                              iterations=1)
+                              iterations=1, normalisation='exact')
   tangent = _normal(15, z.shape)
   out, out_tangent = jax.jit(lambda z, t: jax.jvp(perturb, (z,), (t,)))(z, tangent)
   norms = np.linalg.norm(np.asarray(out - z).reshape(2, -1), axis=1)
   np.testing.assert_allclose(norms, 2.0, rtol=1e-4)
   np.testing.assert_array_equal(out_tangent, tangent)  # d z~ / d z = identity
+
+
+@pytest.mark.parametrize('method', ['finite_difference', 'hvp'])
+def test_vat_authors_normalisation_shrinks_r_adv_where_the_gradient_is_below_1e_8(decoder,
+                                                                                 method):
+  """The authors' g / (||g|| + 1e-8): at their xi = 1e-6 the gradient (about xi^2 ||H d||)
+  is far below 1e-8 and r_adv far shorter than eps; at a large xi it is a unit vector."""
+  module, params = decoder
+  decode = lambda z: module.apply({'params': params}, z)
+  z = _positive_z(13, (2, 4, 4, 16))
+  norm = lambda xi: np.linalg.norm(np.asarray(jax.jit(lambda z: pt.vat(
+      z, _key(14), None, decode, method=method, xi=xi, eps=2.0, iterations=1,
+      normalisation='authors'))(z) - z).reshape(2, -1), axis=1)
+  assert np.all(norm(1e-6) < 0.2), norm(1e-6)
+  np.testing.assert_allclose(norm(10.0), 2.0, rtol=1e-3)
+  cfg = pt.default_perturbation_config()
+  cfg.vat.normalisation = 'unit'
+  with pytest.raises(errors.UserError, match="normalisation 'unit' not in"):
+    pt.build_perturbations(cfg)
 
 
 def test_vat_finite_difference_direction_matches_hvp_in_float64(decoder):
@@ -245,7 +265,7 @@ def test_vat_finite_difference_direction_matches_hvp_in_float64(decoder):
     @jax.jit
     def directions(z, key):
       return {method: pt.vat(z, key, None, decode, method=method, xi=xi, eps=1.0,
-                             iterations=1) - z
+                             iterations=1, normalisation='exact') - z
               for method, xi in (('finite_difference', 1e-5), ('hvp', None))}
 
     r = {name: np.asarray(d).reshape(2, -1) for name, d in directions(z, key).items()}

@@ -7,6 +7,7 @@ scenic's (value, normaliser) metrics), so ignore pixels and padded batches are e
 
 import math
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import numpy as np
 
 from cct_jax import parallel, progress
 from cct_jax.labels import IGNORE_INDEX
+from cct_jax.models import padding
 
 # logits_fn(images (B, H, W, 3) with H, W multiples of 8, sizes (B, 2)) -> logits
 # (B, H, W, C); sizes: each image's own height and width at the top left of its padded row.
@@ -75,18 +77,24 @@ def full_sizes(images: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.array(images.shape[1:3], jnp.int32), (images.shape[0], 2))
 
 
-def whole_image_probs(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array) -> jax.Array:
-  """Softmax of the whole (padded, then cropped back) image."""
+def whole_image_logits(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array) -> jax.Array:
+  """Logits of the whole image, padded to a multiple of 8 and cropped back."""
   h, w = images.shape[1:3]
-  return jax.nn.softmax(logits_fn(pad_to_multiple(images), sizes)[:, :h, :w], axis=-1)
+  return logits_fn(pad_to_multiple(images), sizes)[:, :h, :w]
 
 
-def sliding_window_probs(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array, crop: int,
-                         overlap: float = 1 / 3) -> jax.Array:
-  """Average of the softmax over crop x crop windows with `overlap`, for large images."""
+def whole_image_probs(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array) -> jax.Array:
+  """Softmax of `whole_image_logits`."""
+  return jax.nn.softmax(whole_image_logits(logits_fn, images, sizes), axis=-1)
+
+
+def sliding_window_logits(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array, crop: int,
+                          overlap: float = 1 / 3) -> jax.Array:
+  """Logits averaged over crop x crop windows with `overlap`, for large images (logits,
+  not probabilities, as the scales of `multi_scale_logits` and the authors' code)."""
   b, h, w, _ = images.shape
   if h <= crop and w <= crop:
-    return whole_image_probs(logits_fn, images, sizes)
+    return whole_image_logits(logits_fn, images, sizes)
   stride = max(1, int(crop * (1 - overlap)))
   starts = lambda size: sorted({min(i * stride, max(size - crop, 0))
                                 for i in range(math.ceil(max(size - crop, 0) / stride) + 1)})
@@ -97,11 +105,17 @@ def sliding_window_probs(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Arra
       # The part of each image inside the window (at least a pixel: a window of padding
       # alone is predicted and then not scored).
       inside = jnp.clip(sizes - jnp.array([y, x]), 1, jnp.array(window.shape[1:3]))
-      probs = whole_image_probs(logits_fn, window, inside)
-      pad = ((0, 0), (y, h - y - probs.shape[1]), (x, w - x - probs.shape[2]), (0, 0))
-      total = jnp.pad(probs, pad) if total is None else total + jnp.pad(probs, pad)
-      counts = counts + jnp.pad(jnp.ones((1,) + probs.shape[1:3] + (1,)), pad)
+      logits = whole_image_logits(logits_fn, window, inside)
+      pad = ((0, 0), (y, h - y - logits.shape[1]), (x, w - x - logits.shape[2]), (0, 0))
+      total = jnp.pad(logits, pad) if total is None else total + jnp.pad(logits, pad)
+      counts = counts + jnp.pad(jnp.ones((1,) + logits.shape[1:3] + (1,)), pad)
   return total / counts
+
+
+def sliding_window_probs(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array, crop: int,
+                         overlap: float = 1 / 3) -> jax.Array:
+  """Softmax of `sliding_window_logits`."""
+  return jax.nn.softmax(sliding_window_logits(logits_fn, images, sizes, crop, overlap), axis=-1)
 
 
 def flip_inside(x: jax.Array, widths: jax.Array) -> jax.Array:
@@ -113,48 +127,134 @@ def flip_inside(x: jax.Array, widths: jax.Array) -> jax.Array:
                                                (1,) * (x.ndim - 3)), axis=2)
 
 
-def resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Bilinear with half-pixel centres and no antialiasing when shrinking, as PyTorch's
-  `F.interpolate(mode='bilinear')` that the authors' multi-scale evaluation uses."""
-  return jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), 'bilinear', antialias=False)
+def scale_fraction(scale: float) -> Fraction:
+  """`scale` as a fraction, so that scaled sizes are computed in integers: the same
+  rounding for a traced size in a batch and for the static canvas that holds it."""
+  return Fraction(scale).limit_denominator(1000)
+
+
+def scaled_sizes(sizes: jax.Array, scale: float) -> jax.Array:
+  """floor(size x scale), at least 1: what PyTorch's `F.interpolate(scale_factor=scale)`
+  gives, as the authors' inference.py rescales."""
+  fraction = scale_fraction(scale)
+  return jnp.maximum(sizes * fraction.numerator // fraction.denominator, 1)
+
+
+def scaled_canvas(canvas: tuple[int, int], scale: float) -> tuple[int, int]:
+  """The static canvas that holds every image of `canvas` at `scale`, padded up to a
+  multiple of 8 as the image alone would be: e.g. 504 at 0.75 -> 384 (378 rounded up)."""
+  fraction = scale_fraction(scale)
+  return tuple(max(8, -(-(side * fraction.numerator // fraction.denominator) // 8) * 8)
+               for side in canvas)
+
+
+def source_positions(length: int, size_in: jax.Array, size_out: jax.Array,
+                     align_corners: bool) -> jax.Array:
+  """(B, length) position in each image's input (of `size_in` (B,) entries) that each of
+  the first `length` outputs samples when the image is resized to `size_out` (B,), with
+  PyTorch's `F.interpolate(mode='bilinear')` rules, clamped to the image: beyond
+  `size_out` the outputs repeat the image's last entry (they are padding, never scored)."""
+  i = jnp.arange(length, dtype=jnp.float32)[None, :]
+  size_in = size_in.astype(jnp.float32)[:, None]
+  size_out = size_out.astype(jnp.float32)[:, None]
+  if align_corners:  # first and last pixel centres onto first and last
+    position = i * ((size_in - 1) / jnp.maximum(size_out - 1, 1))
+  else:  # half-pixel centres
+    position = (size_in / size_out) * (i + 0.5) - 0.5
+  return jnp.clip(position, 0, size_in - 1)
+
+
+def interpolate(x: jax.Array, positions: jax.Array, size_in: jax.Array, axis: int) -> jax.Array:
+  """x (B, ...) linearly interpolated along `axis` at `positions` (B, n), from the two
+  entries around each position, both inside each image's `size_in` (B,) entries: the
+  padding after an image is never read, so its content changes nothing."""
+  low = jnp.floor(positions)
+  weight = positions - low
+  low = low.astype(jnp.int32)
+  high = jnp.minimum(low + 1, size_in[:, None] - 1)
+  shape = [1] * x.ndim
+  shape[0], shape[axis] = positions.shape
+  take = lambda index: jnp.take_along_axis(x, index.reshape(shape), axis=axis)
+  weight = weight.reshape(shape).astype(x.dtype)
+  return take(low) * (1 - weight) + take(high) * weight
+
+
+def resize_each(x: jax.Array, sizes_in: jax.Array, sizes_out: jax.Array,
+                canvas_out: tuple[int, int], align_corners: bool) -> jax.Array:
+  """Bilinear resize of each image's own top-left region, of `sizes_in` (B, 2), to its
+  `sizes_out` (B, 2) at the top left of a (B, *canvas_out, C) canvas: no image reads
+  another's sizes or the padding around it, so a padded batch resizes each image as
+  alone. No antialiasing when shrinking, as PyTorch's bilinear."""
+  for axis in (1, 2):
+    positions = source_positions(canvas_out[axis - 1], sizes_in[:, axis - 1],
+                                 sizes_out[:, axis - 1], align_corners)
+    x = interpolate(x, positions, sizes_in[:, axis - 1], axis)
+  return x
+
+
+def multi_scale_logits(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array,
+                       scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
+                       flip: bool = True, window: int | None = None) -> jax.Array:
+  """App. F: logits averaged over rescaled (and mirrored) copies, at the input size.
+
+  As the authors' inference.py: each copy is the image rescaled to floor(size x scale)
+  (bilinear, half-pixel centres), predicted, mirrored back, and resized back to the
+  image's size with align_corners=True, and the logits (not probabilities) averaged.
+  Each image of a padded batch is rescaled on its own region into a static canvas of its
+  batch's scaled size (the rest zero, as the image alone padded to a multiple of 8),
+  predicted with its scaled size, and its scaled prediction alone resized back: a padded
+  batch gives every image what it gets alone, at every scale. Unlike the authors' code,
+  the padding is zero (their reflection) and only the image's own region is resized back
+  (they stretch the whole output of the padded copy): see README, Evaluation.
+  """
+  canvas = images.shape[1:3]
+  total = 0.0
+  count = 0
+  for scale in scales:
+    scaled = scaled_sizes(sizes, scale)
+    x = padding.zero_outside(
+        resize_each(images, sizes, scaled, scaled_canvas(canvas, scale), align_corners=False),
+        scaled)
+    copies = jnp.stack([x, flip_inside(x, scaled[:, 1])] if flip else [x])
+    # One copy after the other in a loop: one model in the program per scale, not two
+    # (a fifth less compile time, measured on CPU), and memory for one copy at a time.
+    logits = jax.lax.map(
+        lambda copy: (sliding_window_logits(logits_fn, copy, scaled, window) if window
+                      else whole_image_logits(logits_fn, copy, scaled)), copies)
+    if flip:
+      logits = logits.at[1].set(flip_inside(logits[1], scaled[:, 1]))
+    for copy in logits:
+      total = total + resize_each(copy, scaled, sizes, canvas, align_corners=True)
+    count += len(logits)
+  return total / count
 
 
 def multi_scale_probs(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array,
                       scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
                       flip: bool = True, window: int | None = None) -> jax.Array:
-  """App. F: softmax averaged over rescaled (and mirrored) copies, at the input size.
-
-  A padded batch is rescaled whole, so an image's rescaled copy is its own rescaled to
-  within a pixel at its right and bottom edges (the canvas, not the image, is rounded).
-  """
-  _, h, w, _ = images.shape
-  total = 0.0
-  count = 0
-  for scale in scales:
-    canvas = (max(8, round(h * scale)), max(8, round(w * scale)))
-    scaled = resize(images, canvas)
-    scaled_sizes = jnp.clip(jnp.round(sizes * scale).astype(jnp.int32), 1, jnp.array(canvas))
-    for mirrored in ((False, True) if flip else (False,)):
-      x = flip_inside(scaled, scaled_sizes[:, 1]) if mirrored else scaled
-      probs = (sliding_window_probs(logits_fn, x, scaled_sizes, window) if window
-               else whole_image_probs(logits_fn, x, scaled_sizes))
-      probs = flip_inside(probs, scaled_sizes[:, 1]) if mirrored else probs
-      total = total + resize(probs, (h, w))
-      count += 1
-  return total / count
+  """Softmax of `multi_scale_logits`."""
+  return jax.nn.softmax(multi_scale_logits(logits_fn, images, sizes, scales, flip, window),
+                        axis=-1)
 
 
-def predict_probs(logits_fn: LogitsFn, images: jax.Array, eval_cfg,
-                  sizes: jax.Array | None = None) -> jax.Array:
-  """The inference configured by `eval_cfg` (scales, flip, window); `sizes` (B, 2): each
-  image's own size in a padded batch (None: the images fill it)."""
+def predict_logits(logits_fn: LogitsFn, images: jax.Array, eval_cfg,
+                   sizes: jax.Array | None = None) -> jax.Array:
+  """The logits of the inference configured by `eval_cfg` (scales, flip, window), averaged
+  over its windows, scales and flips; `sizes` (B, 2): each image's own size in a padded
+  batch (None: the images fill it)."""
   sizes = full_sizes(images) if sizes is None else sizes
   scales = tuple(eval_cfg.scales)
   window = eval_cfg.window or None
   if scales == (1.0,) and not eval_cfg.flip:
-    return (sliding_window_probs(logits_fn, images, sizes, window) if window
-            else whole_image_probs(logits_fn, images, sizes))
-  return multi_scale_probs(logits_fn, images, sizes, scales, eval_cfg.flip, window)
+    return (sliding_window_logits(logits_fn, images, sizes, window) if window
+            else whole_image_logits(logits_fn, images, sizes))
+  return multi_scale_logits(logits_fn, images, sizes, scales, eval_cfg.flip, window)
+
+
+def predict_probs(logits_fn: LogitsFn, images: jax.Array, eval_cfg,
+                  sizes: jax.Array | None = None) -> jax.Array:
+  """Softmax of `predict_logits`: the class probabilities of the configured inference."""
+  return jax.nn.softmax(predict_logits(logits_fn, images, eval_cfg, sizes), axis=-1)
 
 
 def make_eval_step(predict: Callable, num_classes: int, mesh):

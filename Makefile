@@ -50,7 +50,9 @@ demo: $(VENV)/installed
 	    --input=$(DEMO)/test_images --output=$(DEMO)/predictions
 	@echo "Demo finished. In $(DEMO): results_test.json (test mIoU), predictions_test.png"
 	@echo "(image | truth | prediction), predictions/ (label PNGs and overlays),"
-	@echo "metrics.jsonl, tensorboard/ (tensorboard --logdir $(DEMO)), checkpoints/, best/."
+	@echo "metrics.jsonl, tensorboard/, checkpoints/, best/. To see the curves in TensorBoard:"
+	@echo "  $(VENV)/bin/pip install -c $(LOCK) -e '.[viz]'"
+	@echo "  $(VENV)/bin/tensorboard --logdir $(DEMO)"
 
 # Two workers: most of a test's time is XLA compiling, one core each. A test file runs on
 # one worker, so its module fixtures (a trained smoke run) are made once.

@@ -62,6 +62,14 @@ CHIPS = {
 }
 
 
+# For libtpu's description of this machine, which it reads from the Cloud TPU metadata
+# server or, skipping that (as here), from the environment: one host of the topology's chip
+# kind. Left unset, libtpu prints errors ("unexpected worker hostname") before the report.
+# The devices compiled for are the named topology's whatever these say (checked for every
+# kind here: the same devices, coordinates and hosts).
+ONE_HOST = {'v4': 'v4-8', 'v5e': 'v5litepod-4', 'v5p': 'v5p-8', 'v6e': 'v6e-4'}
+
+
 def chip_of(topology: str) -> Chip:
   kind = topology.split(':')[0]
   if kind not in CHIPS:
@@ -96,9 +104,19 @@ def topology_devices(topology: str) -> list:
         'in .venv/libtpu)')
   # Without it libtpu asks the GCE metadata server, which is not there off Cloud TPU.
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  describe_one_host(topology.split(':')[0])
   # libtpu takes a lock that keeps a second process off the chips; compiling uses none.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   return topologies.get_topology_desc(platform='tpu', topology_name=topology).devices
+
+
+def describe_one_host(kind: str) -> None:
+  """Tells libtpu, before it starts, that this machine is a single host (see ONE_HOST);
+  what the user set already stays."""
+  if kind in ONE_HOST:
+    os.environ.setdefault('TPU_ACCELERATOR_TYPE', ONE_HOST[kind])
+  os.environ.setdefault('TPU_WORKER_ID', '0')
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
 
 
 def devices_per_chip(devices) -> int:

@@ -37,13 +37,20 @@ def test_the_tiny_model_compiles_for_a_v5e_slice_and_the_report_holds_its_number
   """configs/voc.py:smoke from the command line for v5e:2x2 (4 chips): both steps fit
   with the global batches split over the 4 chips; the JSON holds what the table shows,
   and XLA's estimate counts the decoders' loops by their trips."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # Not what this process's own calls of topology_devices set: the command must set them.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TPU_ACCELERATOR_TYPE', 'TPU_WORKER_ID', 'TPU_WORKER_HOSTNAMES')}
+  env['JAX_PLATFORMS'] = 'cpu'
   run = subprocess.run(
       [sys.executable, '-m', 'cct_jax.main', '--config=configs/voc.py:smoke',
        f'--workdir={tmp_path}', '--mode=compile', '--config.compile.topology=v5e:2x2',
        '--config.compile.eval_canvas=64', '--compilation_cache=', *TWO_DECODERS_IN_A_LOOP],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
+  # libtpu, told it is one host (compile_report.ONE_HOST), prints none of its start-up
+  # errors: no "unexpected worker hostname", no "please set env var TPU_ACCELERATOR_TYPE".
+  assert 'TPU_WORKER_HOSTNAMES' not in run.stderr, run.stderr[-3000:]
+  assert 'TPU_ACCELERATOR_TYPE' not in run.stderr, run.stderr[-3000:]
   with open(tmp_path / 'compile_v5e_2x2.json') as f:
     report = json.load(f)
   assert (report['devices'], report['processes'], report['device_kind']) == (

@@ -35,8 +35,8 @@ def train_config() -> ml_collections.ConfigDict:
       # is hung: every thread's stack is logged and the process exits non-zero (watchdog.py),
       # so that a restart resumes from the last checkpoint. Progress is seen when a step's
       # metrics are fetched (every log_every steps) and at every evaluation batch, so the
-      # limit must outlast the first compile and log_every steps: the full VOC step compiles
-      # in 6-13 minutes on a small CPU and in a few on a TPU or GPU; 30 minutes leaves
+      # limit must outlast the first compile and log_every steps: the full VOC step takes
+      # minutes to compile (README's TPU table has its compile times); 30 minutes leaves
       # room for that and a slow filesystem, yet frees a hung slice within the half hour.
       # 0: no watchdog.
       hang_timeout_s=1800,

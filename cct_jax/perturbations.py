@@ -231,16 +231,11 @@ def resolved_vat_method(method: str) -> str:
 
   'auto' is 'finite_difference' (the paper's, at the authors' xi = 1e-6) where matmuls run
   in float32, as on the CPU and in the authors' PyTorch, and 'hvp' on GPUs and TPUs, whose
-  default precision rounds a float32 matmul's operands to TF32 or bfloat16. Measured on
-  the CPU with those roundings emulated (operands rounded to 10 or 7 mantissa bits), the
-  cosine of the finite-difference direction with the exact (float32 'hvp') one, two
-  samples each:
-    decoder over z of 8x8x32, 5 classes (the demo's size): float32 0.359, 0.350; TF32
-      0.047, 0.052; bfloat16 0.046, -0.153.
-    decoder over z of 41x41x512, 21 classes (VOC's size): float32 0.019, 0.005; TF32
-      0.006, -0.019; bfloat16 0.037, 0.005.
-  'hvp' stayed at 1.00 (0.999 under bfloat16) throughout. So under TF32 or bfloat16 the
-  finite difference is noise; at VOC's size it is in float32 too (xi * d, about 1e-9 a
+  default precision rounds a float32 matmul's operands to TF32 or bfloat16. The cosine of
+  the finite-difference direction with the exact one is near 0 under TF32 or bfloat16, and
+  at VOC's size in float32 too, where 'hvp' stays at 1.00 (measured:
+  benchmarks/results/design_measurements.json). So under TF32 or bfloat16 the finite
+  difference is noise; at VOC's size it is in float32 too (xi * d, about 1e-9 a
   component, vanishes against z's float32 resolution): the authors' I-VAT was close to a
   direction of noise, whose length their normalisation shrank to far below eps
   (`adversarial_direction`); 'finite_difference' keeps that behaviour.

@@ -218,7 +218,7 @@ def test_an_interrupted_invocation_keeps_earlier_records_of_the_runs_it_has_not_
 
   monkeypatch.setattr(accuracy, 'execute', execute)
   monkeypatch.setattr(sys, 'argv', ['accuracy.py', '--datasets=tex5',
-                                    f'--workdir={tmp_path / "runs"}'])
+                                    f'--runs_dir={tmp_path / "runs"}'])
   with pytest.raises(KeyboardInterrupt):
     accuracy.main()
   with open(accuracy.results_stem(False) + '.json') as f:

@@ -18,6 +18,8 @@ from absl import app, flags
 
 flags.DEFINE_integer('top', 15, 'How many operations to list.')
 FLAGS = flags.FLAGS
+# Spans of the runtime that enclose the operations (counting them would count time twice).
+RUNTIME_SPANS = ('ThunkExecutor::', 'ThreadpoolListener::', 'end: ')
 
 
 def newest_trace(folder: str) -> str:
@@ -45,7 +47,8 @@ def top_ops(trace_path: str, top: int) -> list[tuple[str, float, int]]:
   threads = device_threads(events)
   totals, counts = collections.Counter(), collections.Counter()
   for event in events:
-    if event.get('ph') == 'X' and (event['pid'], event.get('tid')) in threads:
+    if (event.get('ph') == 'X' and (event['pid'], event.get('tid')) in threads
+        and not event['name'].startswith(RUNTIME_SPANS)):
       totals[event['name']] += event.get('dur', 0) / 1000
       counts[event['name']] += 1
   return [(name, ms, counts[name]) for name, ms in totals.most_common(top)]

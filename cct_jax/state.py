@@ -1,4 +1,4 @@
-"""The train state every trainer keeps, how it is born, and how a finished run's is read back.
+"""The train state every run keeps, how it is born, and how a finished run's is read back.
 
 A state holds the model's parameters and BatchNorm statistics, the optimiser, and `extra`:
 the training method's own state beside the model (Mean Teacher's teacher; {} for most,

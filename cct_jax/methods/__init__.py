@@ -1,6 +1,6 @@
-"""Training methods as plug-ins: what a method needs of the trainer, and its loss term.
+"""Training methods as plug-ins: what a method needs of the run, and its loss term.
 
-The trainers (train.py, multidomain.py) ask the configured method (`train.mode`) what it
+The runs (train.py, with multidomain.py's steps) ask the configured method (`train.mode`) what it
 needs: an unlabelled batch every step and which of its keys, auxiliary decoders, state of
 its own beside the model (Mean Teacher's teacher), and which variables are evaluated. They
 never test the mode by name. A new method is one module here, ending in its `METHOD`

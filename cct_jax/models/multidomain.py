@@ -3,12 +3,12 @@ domain its own main decoder and K auxiliary decoders, sized for that domain's cl
 
 Each domain's decoders are a `CCT` module that shares this model's encoder and only
 decodes (`CCT.decode`), so its parameters sit under `decoders_<domain>` with the same
-layout as a single-domain model's. `domain` says whose decoders a call runs: the trainer
+layout as a single-domain model's. `domain` says whose decoders a call runs: the run
 and the evaluation clone the model once per domain (`model.clone(domain=name)`), so a
 domain's step never touches another domain's decoders. With `adversarial_weight > 0` the
 discriminator of App. E reads z through a gradient reversal layer during training and
 sows lambda_adv x its per-position cross-entropy against the domain's index (Eq. 12's
-term) into the 'losses' collection, which the trainer adds to the objective.
+term) into the 'losses' collection, which the train step adds to the objective.
 """
 
 from collections.abc import Mapping

@@ -1,5 +1,5 @@
 """Weak image-level labels (paper sec. 3.3): classification pre-training of the encoder
-(its trainer is cct_jax/classify.py), CAM pseudo-labels (cams.py) refined by the dense
+(its training is cct_jax/classify.py), CAM pseudo-labels (cams.py) refined by the dense
 CRF (crf.py), and their PNGs for training with the weak loss (pseudo_labels.py).
 
 The workflow, three commands on one workdir W (README "Weak labels"):

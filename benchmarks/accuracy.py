@@ -23,7 +23,8 @@ Sets:
   weak       (--weak) at the smallest budget on fashion5, every seed: CCT from an encoder
              pre-trained on image-level labels, and that plus L_w on its CAM pseudo-labels
              made by the authors' two CRFs and by one CRF (sec. 3.3; each pseudo-label
-             kind's mIoU and share of pixels labelled recorded)
+             kind's mIoU and share of pixels labelled recorded); and CCT + L_w on the
+             two-CRF pseudo-labels of IRN's CAM network (the authors' classifier)
   two domains  (--two_domains) tex5 and fashion5 at once, the smallest budget each, every
              seed: supervised, CCT and CCT with the adversarial branch (sec. 3.4, App. E);
              each domain's test mIoU and their average
@@ -120,8 +121,16 @@ LOSS_ABLATION = [arm for arm in VARIANTS if arm.startswith('cct_') and arm != 'c
 # Weak image-level labels (sec. 3.3), on fashion5 where CCT finds the items but not their
 # class: CCT from a classification-pretrained encoder, without and with L_w, the
 # pseudo-labels by each rule of `weak.pseudo_label_rule` (the authors', the default, first).
-WEAK_RULES = {'cct_weak': 'two_crfs', 'cct_weak_one_crf': 'one_crf'}
+WEAK_RULES = {'cct_weak': 'two_crfs', 'cct_weak_one_crf': 'one_crf', 'cct_weak_irn': 'two_crfs'}
 WEAK_ARMS = (*WEAK_RULES, 'cct_cls_encoder')
+# Arms whose pseudo-labels come from IRN's CAM network (weak.classifier='irn', the paper
+# configs' default) with IRN's CAM scales and flips, in a classifier of their own; CCT
+# then starts from scratch, as the authors' from ImageNet. The demo's from-scratch AdamW
+# trains it, every stage: IRN's SGD recipe fine-tunes ImageNet weights, and stages frozen
+# at a random initialisation would stay random.
+IRN_ARMS = {'cct_weak_irn': ['--config.weak.classifier=irn',
+                             '--config.weak.cam_scales=(1.0,0.5,1.5,2.0)',
+                             '--config.weak.cam_flip=True']}
 WEAK_DATASET = 'fashion5'
 # Sec. 3.4 on the two bundled domains (disjoint label spaces, like Cityscapes + SUN RGB-D):
 # configs/demo_two_domains.py, each domain's own BN statistics (see README).
@@ -176,9 +185,11 @@ class Run:
     # The weak arms of a seed share one classifier and its CAMs, each rule writing its own
     # folder (the commands skip what is done).
     prep = weak_prep_folder(self, workdir)
-    prepare = [f'--workdir={prep}']
+    prepare = [f'--workdir={prep}', *IRN_ARMS.get(self.arm, [])]
     commands = [base + prepare + ['--mode=pretrain_cls']]
-    train = base + [f'--workdir={folder}', f'--config.model.encoder_from={prep}/classifier']
+    train = base + [f'--workdir={folder}']
+    if self.arm not in IRN_ARMS:
+      train.append(f'--config.model.encoder_from={prep}/classifier')
     if self.arm in WEAK_RULES:
       rule = WEAK_RULES[self.arm]
       commands.append(base + prepare + ['--mode=pseudo_labels',
@@ -188,8 +199,9 @@ class Run:
 
 
 def weak_prep_folder(run: Run, workdir: str) -> str:
-  """The classifier and pseudo-labels of a weak-label run's labels and seed."""
-  return os.path.join(workdir, run.dataset, 'weak_prep', f'n{run.labelled}', f'seed{run.seed}')
+  """The classifier and pseudo-labels of a weak-label run's labels and seed (and network)."""
+  folder = os.path.join(workdir, run.dataset, 'weak_prep', f'n{run.labelled}', f'seed{run.seed}')
+  return os.path.join(folder, 'irn') if run.arm in IRN_ARMS else folder
 
 
 def plan(datasets, budgets, seeds, ablation_seeds, baselines: bool = False,

@@ -1,11 +1,13 @@
-"""`--mode=pretrain_cls`: the encoder and g_c trained on image-level labels (sec. 3.3).
+"""`--mode=pretrain_cls`: g_c and its network trained on image-level labels (sec. 3.3).
 
-Multi-label binary CE over the foreground classes, on the labelled set (labels from its
-masks) and the weak set (`data.image_labels`, or its masks), `weak.classifier_steps`
-steps of `weak.classifier_optim`. Everything goes to `<workdir>/classifier`: checkpoints
-(resumed from automatically), metrics.jsonl, and results_val.json, the image-label
-accuracy on the val split. The segmentation run starts from this encoder with
-`model.encoder_from=<workdir>/classifier`; --mode=pseudo_labels reads its CAMs.
+Multi-label binary CE over the foreground classes (torch's multilabel_soft_margin_loss,
+IRN's), on the labelled set (labels from its masks) and the weak set
+(`data.image_labels`, or its masks), `weak.classifier_steps` steps of
+`weak.classifier_optim`, on the network `weak.classifier` names. Everything goes to
+`<workdir>/classifier`: checkpoints (resumed from automatically), metrics.jsonl, and
+results_val.json, the image-label accuracy on the val split. --mode=pseudo_labels reads
+its CAMs; with `weak.classifier='encoder'` the segmentation run can start from this
+encoder (`model.encoder_from=<workdir>/classifier`).
 """
 
 import contextlib
@@ -76,10 +78,13 @@ def image_label_accuracy(config, model, state, mesh) -> dict:
 
 
 def classifier_stream(config, first_step: int):
-  """Batches of training images and their foreground flags, positioned after `first_step`
+  """Batches of training images (the segmentation's augmentation, crops of
+  `weak.classifier_crop_size`) and their foreground flags, positioned after `first_step`
   steps (random-access, as the segmentation streams)."""
+  data_cfg = config.data.copy_and_resolve_references()
+  data_cfg.crop_size = config.weak.classifier_crop_size
   transform = functools.partial(_classification_example,
-                                transform=data_factory.train_transform(config.data),
+                                transform=data_factory.train_transform(data_cfg),
                                 classes=weak.foreground_of(config))
   batch_size = pipeline.per_process_batch_size(
       config.weak.classifier_batch_size, device_count=jax.device_count(),

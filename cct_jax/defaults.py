@@ -120,6 +120,7 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
   # No input worker processes: a few steps cannot repay starting them.
   config.data.update(crop_size=64, base_size=80, resize_to=(64, 64), batch_size_labelled=4,
                      batch_size_unlabelled=4, num_workers=0)
+  config.weak.classifier_crop_size = 64
   return shrink_training_for_smoke_test(config)
 
 

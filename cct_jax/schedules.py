@@ -4,6 +4,7 @@ App. B and J).
 Schedules are functions of the integer step and work on traced values inside `jit`.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ import ml_collections
 import optax
 
 from cct_jax import errors
+from cct_jax.models import resnet
 
 
 def _gaussian(x):
@@ -85,18 +87,26 @@ def default_optim_config() -> ml_collections.ConfigDict:
   (github.com/yassouali/CCT)."""
   return ml_collections.ConfigDict(dict(
       name='sgd', lr=1e-2, momentum=0.9, weight_decay=1e-4, trunk_lr_multiplier=0.1,
-      poly_power=0.9))
+      poly_power=0.9,
+      # > 0: the trunk's stem and stages 1..frozen_stages are never updated, weight decay
+      # included (IRN's CAM network freezes 2).
+      frozen_stages=0))
 
 
-def param_group(path: tuple[Any, ...]) -> str:
-  """'trunk' for the ResNet trunk (params['encoder']['trunk']), 'head' for the rest."""
-  keys = tuple(getattr(entry, 'key', entry) for entry in path[:2])
-  return 'trunk' if keys == ('encoder', 'trunk') else 'head'
+def param_group(path: tuple[Any, ...], frozen_stages: int = 0) -> str:
+  """'trunk' for the ResNet trunk (params['encoder']['trunk']), 'frozen' for its stem and
+  stages up to `frozen_stages` when that is > 0, 'head' for the rest."""
+  keys = tuple(getattr(entry, 'key', entry) for entry in path[:3])
+  if keys[:2] != ('encoder', 'trunk'):
+    return 'head'
+  frozen = frozen_stages > 0 and resnet.stage_of(keys[2]) <= frozen_stages
+  return 'frozen' if frozen else 'trunk'
 
 
-def param_groups(params: Any) -> Any:
+def param_groups(params: Any, frozen_stages: int = 0) -> Any:
   """A tree like `params` holding each leaf's group name."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: param_group(path, frozen_stages), params)
 
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -110,7 +120,8 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict,
   `sgd`), which is PyTorch's SGD(weight_decay=...). AdamW (`optim.name='adamw'`, for small
   networks trained from scratch) decouples it. The groups come from the parameter paths
   (`param_groups`), so any tree with params['encoder']['trunk'] works, abstract ones
-  included.
+  included. Frozen parameters get zero updates; under jit their gradients, never read,
+  are not computed.
   """
   if optim_cfg.name not in OPTIMIZERS:
     raise errors.UserError(f'optim.name must be one of {OPTIMIZERS}, got {optim_cfg.name!r}')
@@ -124,6 +135,8 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict,
     return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
                        optax.sgd(learning_rate, momentum=momentum))
 
+  groups = {'trunk': optimizer(optim_cfg.trunk_lr_multiplier), 'head': optimizer(1.0)}
+  if optim_cfg.frozen_stages > 0:
+    groups['frozen'] = optax.set_to_zero()
   return optax.partition(
-      {'trunk': optimizer(optim_cfg.trunk_lr_multiplier), 'head': optimizer(1.0)},
-      param_groups)
+      groups, functools.partial(param_groups, frozen_stages=optim_cfg.frozen_stages))

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cct_jax import (checkpointing, crf, defaults, losses, methods, models, parallel,
-                     perturbations, state as state_lib, train_step, visualize)
+from cct_jax import (checkpointing, classify, crf, defaults, losses, methods, models,
+                     parallel, perturbations, state as state_lib, train_step, visualize)
+from cct_jax import weak as weak_lib
 from cct_jax.data import factory, pipeline, sources, weak
 from cct_jax.methods import cct as methods_cct
 from cct_jax.weak import cams, pseudo_labels
@@ -280,6 +281,42 @@ def test_pseudo_label_pngs_become_the_masks_of_the_unlabelled_stream(idx_dir, tm
   # Every image of the epoch once, with its own PNG (crop of 64 = whole, flips keep rows).
   assert sorted(batch['mask'][:, 0, 0].tolist()) == sorted(k % 5 for k in range(8))
   assert np.all(batch['mask'][:, 8:] == 255)
+
+
+# --------------------------------------------------------------------------------------
+# IRN's CAM network, the authors' classifier (weak.classifier='irn').
+
+
+def test_irn_classifier_trains_only_stages_3_4_and_g_c_with_frozen_batch_norm():
+  config = defaults.base_config('fashion5')
+  config.model = models.tiny_model_config(5)
+  config.model.cpu_conv = 'off'  # compiles faster
+  config.weak.classifier_optim.update(frozen_stages=2, weight_decay=1e-2)  # decay shows too
+  assert config.weak.classifier == 'irn'  # the paper configs' default
+  model = weak_lib.classifier(config)
+  mesh = parallel.data_mesh()
+  state = classify.create_classifier_state(config, model, mesh)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  logits, z = jax.eval_shape(model.apply, state_lib.variables(state), images)
+  # layer4's features at output stride 16 (32 x width channels, no PSP); g_c has no bias.
+  assert logits.shape == (2, 4) and z.shape == (2, 2, 2, 32 * config.model.width)
+  assert set(state.params['classifier']) == {'kernel'}
+
+  batch = {'image': images, 'targets': jnp.array([[1., 0, 0, 1], [0, 1, 0, 0]])}
+  after, _ = jax.jit(classify.make_classifier_step(model))(state, batch)
+  for path, before in jax.tree_util.tree_leaves_with_path(state.params):
+    module = jax.tree_util.keystr(path[:3])
+    changed = not np.array_equal(before, _at(after.params, path))
+    frozen = "['trunk']" in module and not any(f"['layer{i}_" in module for i in (3, 4))
+    assert changed != frozen, module
+  for got, want in zip(jax.tree.leaves(after.batch_stats), jax.tree.leaves(state.batch_stats)):
+    np.testing.assert_array_equal(got, want)
+
+
+def _at(tree, path):
+  for entry in path:
+    tree = tree[entry.key]
+  return tree
 
 
 # --------------------------------------------------------------------------------------

@@ -9,13 +9,15 @@ from jax import lax
 
 from cct_jax import cpu_conv, errors
 from cct_jax.models.cct import CCT, Encoder, init_variables
-from cct_jax.models.classifier import Classifier, class_activation_maps
+from cct_jax.models.classifier import Classifier, TrunkEncoder, class_activation_maps
 from cct_jax.models.multidomain import MultiDomainCCT
 from cct_jax.models.pretrained import FROM_SCRATCH
-from cct_jax.models.resnet import Convolution
+from cct_jax.models.resnet import Convolution, ResNet
 
 CPU_CONV_SETTINGS = ('auto', 'on', 'off')
 REMAT_PARTS = ('trunk', 'decoders')
+# The networks g_c can sit on (`weak.classifier`, see `classifier_from_config`).
+CLASSIFIERS = ('irn', 'encoder')
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -110,12 +112,28 @@ def model_from_config(model_cfg, aux_counts: Mapping[str, int] | None = None,
   return CCT(num_classes=model_cfg.num_classes, **shared)
 
 
-def classifier_from_config(model_cfg, num_outputs: int) -> Classifier:
-  """The encoder of `model_cfg` with the classification branch g_c (sec. 3.3)."""
-  return Classifier(num_outputs, encoder=encoder_from_config(model_cfg))
+def classifier_from_config(model_cfg, num_outputs: int, kind: str) -> Classifier:
+  """The classification branch g_c (sec. 3.3) over one of `CLASSIFIERS`:
+
+  'encoder': CCT's encoder of `model_cfg` (trunk + PSP, output stride as configured), its
+    BatchNorm training as in segmentation; what the paper's text describes, and what a
+    segmentation run can start from (`model.encoder_from`).
+  'irn': the trunk of `model_cfg` alone at output stride 16 (layer4's features, no PSP),
+    BatchNorm frozen and g_c without bias: IRN's CAM network (Ahn et al.; resnet50_cam.py
+    in the authors' `pseudo_labels/`), which made the pseudo-labels of the paper's tables.
+  """
+  if kind == 'encoder':
+    return Classifier(num_outputs, encoder=encoder_from_config(model_cfg))
+  if kind == 'irn':
+    trunk = ResNet(tuple(model_cfg.stage_sizes), model_cfg.width, model_cfg.stem,
+                   output_stride=16, dtype=jnp.dtype(model_cfg.dtype),
+                   convolution=convolution_from_config(model_cfg.cpu_conv))
+    return Classifier(num_outputs, encoder=TrunkEncoder(trunk), use_bias=False,
+                      frozen_batch_norm=True)
+  raise errors.UserError(f'weak.classifier must be one of {CLASSIFIERS}, got {kind!r}')
 
 
-__all__ = ['CCT', 'Classifier', 'Encoder', 'MultiDomainCCT', 'class_activation_maps',
+__all__ = ['CCT', 'CLASSIFIERS', 'Classifier', 'Encoder', 'MultiDomainCCT', 'class_activation_maps',
            'classifier_from_config', 'convolution_from_config', 'default_model_config',
            'encoder_from_config', 'init_variables', 'model_from_config', 'remat_parts',
            'tiny_model_config']

@@ -86,6 +86,13 @@ def stage_strides_and_dilations(output_stride: int) -> list[tuple[int, int, int]
   raise ValueError(f'output_stride must be 4, 8 or 16, got {output_stride}')
 
 
+def stage_of(module_name: str) -> int:
+  """The stage a trunk module belongs to: 0 for the stem, i for `layer{i}_{j}`."""
+  if module_name.startswith('layer'):
+    return int(module_name.removeprefix('layer').split('_')[0])
+  return 0
+
+
 class ResNet(nn.Module):
   """ResNet trunk returning layer4's features (B, H/os, W/os, 32 * width).
 

@@ -40,6 +40,8 @@ from cct_jax import errors
 
 Perturbation = Callable[..., jax.Array]
 
+# F-Drop: the images that share one threshold gamma.
+GAMMA_PER = ('batch', 'sample')
 VAT_METHODS = ('auto', 'finite_difference', 'hvp')
 # How I-VAT's power step is made a direction: `adversarial_direction`.
 VAT_NORMALISATIONS = ('exact', 'authors')
@@ -83,18 +85,33 @@ def feature_noise(z, key, main_logits, decode, *, uniform_range: float):
   return z + z * noise
 
 
-@register('feature_drop', dict(count=6, gamma_range=(0.6, 0.9)))
-def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float]):
+def _check_feature_drop(hyper_parameters: dict) -> None:
+  low, high = hyper_parameters['gamma_range']
+  if not 0 <= low <= high <= 1:
+    raise errors.UserError(f'perturbations.feature_drop.gamma_range ({low}, {high}) is not '
+                           'a range within [0, 1]')
+  if hyper_parameters['gamma_per'] not in GAMMA_PER:
+    raise errors.UserError(f"perturbations.feature_drop.gamma_per "
+                           f"{hyper_parameters['gamma_per']!r} not in {GAMMA_PER}")
+
+
+@register('feature_drop', dict(count=6, gamma_range=(0.7, 0.9), gamma_per='batch'),
+          check=_check_feature_drop)
+def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float],
+                 gamma_per: str):
   """F-Drop: drop the positions whose channel mean, over its per-sample max, is >= gamma.
 
-  gamma ~ U(gamma_range) is drawn once per sample (the paper's 0.6-0.9; the authors' code
-  has 0.7-0.9). The comparison is written as `a < gamma * max(a)`, as theirs, so an
-  all-zero sample needs no division.
+  gamma ~ U(gamma_range), drawn once per call for the whole batch (`gamma_per='batch'`)
+  or once per sample ('sample'). The defaults are the authors' code, one gamma per batch
+  from U(0.7, 0.9); the paper says U(0.6, 0.9), "10% to 40%" of the most active regions,
+  and does not say per what. The comparison is written as `a < gamma * max(a)`, as
+  theirs, so an all-zero sample needs no division.
   """
   del main_logits, decode
   low, high = gamma_range
   attention = jnp.mean(z, axis=-1, keepdims=True)  # (B, h, w, 1)
-  gamma = jax.random.uniform(key, (z.shape[0], 1, 1, 1), z.dtype, low, high)
+  draws = 1 if gamma_per == 'batch' else z.shape[0]
+  gamma = jax.random.uniform(key, (draws, 1, 1, 1), z.dtype, low, high)
   peak = jnp.max(attention, axis=(1, 2), keepdims=True)
   return z * (attention < gamma * peak).astype(z.dtype)
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 import fakes
 from cct_jax import data
-from cct_jax.data import camvid, cityscapes, pipeline, sources, sunrgbd, voc
+from cct_jax.data import camvid, cityscapes, factory, pipeline, sources, sunrgbd, voc
 
 
 def _config(name, root, **overrides):
@@ -124,6 +124,48 @@ def test_voc_labels_exactly_train_txt_when_the_count_is_its_length(roots):
   drawn = _config('voc', roots / 'voc', num_labelled=len(fine) - 1)
   assert set(data.make_source(drawn, 'train_labelled').ids()) - set(fine)
   assert 'drawn by data.split_seed' in data.split_rule(drawn)
+
+
+def _write_annotation(path, objects):
+  """A VOC XML annotation listing `objects`; a person carries a part, as VOC's do."""
+  parts = {'person': '<part><name>head</name><bndbox /></part>'}
+  listed = ''.join(f'<object><name>{name}</name><difficult>{k % 2}</difficult>'
+                   f'{parts.get(name, "")}</object>' for k, name in enumerate(objects))
+  with open(path, 'w') as f:
+    f.write(f'<annotation><folder>VOC2012</folder>{listed}</annotation>')
+
+
+def test_voc_image_labels_are_the_objects_of_its_xml_annotations(tmp_path):
+  root = fakes.write_voc_folder(str(tmp_path), num_train=3, num_val=1)
+  cfg = _config('voc', tmp_path, num_labelled=1)
+  assert cfg.image_labels == 'annotations'  # VOC's default, as IRN's cls_labels.npy
+  ids = data.make_source(cfg, 'train_unlabelled').ids()
+  os.makedirs(os.path.join(root, 'Annotations'))
+  path = lambda image_id: os.path.join(root, 'Annotations', f'{image_id}.xml')
+  objects = {ids[0]: ['dog', 'person', 'dog'], ids[1]: ['tvmonitor']}
+  for image_id, names in objects.items():
+    _write_annotation(path(image_id), names)
+  assert {i: np.flatnonzero(flags).tolist()
+          for i, flags in factory.make_weak_source(cfg).labels.items()} == {
+              ids[0]: [12, 15], ids[1]: [20]}  # dog, person; tvmonitor
+
+  _write_annotation(path(ids[0]), ['dog', 'dragon'])
+  with open(path(ids[1]), 'w') as f:
+    f.write('<annotation><object><name>dog</name>')  # cut short
+  with pytest.raises(sources.DataError) as error:  # Every file's problem, at once.
+    factory.make_weak_source(cfg)
+  unknown, corrupt = error.value.problems
+  assert unknown == f"{path(ids[0])}: objects ['dragon'] are not VOC classes"
+  assert corrupt.startswith(f'{path(ids[1])}: not a VOC XML annotation (no element found')
+  os.remove(path(ids[1]))
+  with pytest.raises(sources.DataError, match=f'{path(ids[1])}: VOC annotation does not exist'):
+    factory.make_weak_source(cfg)
+
+  tex5 = data.default_data_config('tex5')
+  tex5.image_labels = 'annotations'
+  with pytest.raises(ValueError, match="data.image_labels='annotations': tex5 has no "
+                                       'annotations'):
+    factory.make_weak_source(tex5)
 
 
 def test_seeded_split_properties():

@@ -194,3 +194,42 @@ def test_worker_and_thread_counts_follow_the_host_unless_set():
   assert pipeline.input_workers(auto, auto) == pipeline.input_workers(
       auto, auto, cores=pipeline.usable_cores())
   assert data.default_data_config('voc').num_workers == auto
+
+
+def test_labelled_replay_repeats_one_pass_per_epoch_and_resumes_exactly():
+  source = [{'index': np.int64(i)} for i in range(5)]
+  draw = lambda example, rng: {**example, 'draw': rng.random()}
+
+  def batch(ds, step):
+    drawn = ds[step]
+    return tuple(drawn['index']), tuple(drawn['draw'])
+
+  # 5 images in batches of 2: a pass is 3 batches, the last filled from the pass's start;
+  # an epoch (a pass over the unlabelled set) is 7 steps.
+  replayed = pipeline.train_dataset(source, draw, batch_size=2, seed=0, epoch_steps=7)
+  steps = [batch(replayed, s) for s in range(14)]
+  assert all(steps[s] == steps[s + 3] for s in (0, 1, 2, 3, 7, 8, 9, 10))
+  assert set(steps[7:10]).isdisjoint(steps[:7])  # A new epoch, a new pass.
+  for epoch in (0, 7):  # Each image once, then the fill.
+    assert sorted([i for s in steps[epoch:epoch + 3] for i in s[0]][:5]) == [0, 1, 2, 3, 4]
+  resumed = pipeline.train_dataset(source, draw, batch_size=2, seed=0, epoch_steps=7,
+                                   start_step=5)
+  assert [batch(resumed, k) for k in range(5)] == steps[5:10]
+  halves = [pipeline.train_dataset(source, draw, batch_size=1, seed=0, epoch_steps=7,
+                                   process_index=p, process_count=2) for p in range(2)]
+  assert [batch(halves[0], s)[0] + batch(halves[1], s)[0] for s in range(5, 10)] == [
+      s[0] for s in steps[5:10]]
+
+  fresh = pipeline.train_dataset(source, draw, batch_size=2, seed=0)
+  assert all(batch(fresh, s) != batch(fresh, s + 3) for s in range(4))
+
+  # The config: on for the paper's datasets. 8 unlabelled scenes in batches of 4 make
+  # 2-step epochs, 4 labelled ones a 1-batch pass.
+  assert data.default_data_config('voc').labelled_replay
+  assert data.default_data_config('cityscapes').labelled_replay
+  assert not data.default_data_config('tex5').labelled_replay
+  cfg = _tex5(labelled_replay=True, crop_size=32, prefetch=2)
+  cfg.generated.update(dict(sizes=dict(train=16, val=7, test=5), image_size=32))
+  images = [labelled['image'] for labelled, _ in _take(pipeline.make_train_streams(cfg), 3)]
+  np.testing.assert_array_equal(images[0], images[1])
+  assert not np.array_equal(images[2], images[1])

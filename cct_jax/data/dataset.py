@@ -28,7 +28,10 @@ class Dataset:
     classes up to `data.num_classes`.
   eval_splits: the evaluation splits, the last one reported; or `splits(cfg)`, those
     the data holds.
-  defaults: the common data fields whose default differs from VOC's.
+  annotated_labels(cfg, ids): {id: bool (num_classes,)}, the classes in each image as the
+    dataset's own annotations list them (`data.image_labels='annotations'`); None where
+    it has no such annotations.
+  defaults: the common data fields whose default differs from `factory.COMMON_DEFAULTS`.
   section, section_defaults: the name of the dataset's own config section, `data.<section>`,
     and its fields; only the configured dataset's section is in a data config.
   """
@@ -36,6 +39,7 @@ class Dataset:
   split_rule: Callable[..., str]
   class_names: Sequence[str] | Callable[..., Sequence[str]] | None
   eval_splits: Sequence[str] | Callable[..., Sequence[str]]
+  annotated_labels: Callable[..., dict] | None = None
   defaults: Mapping = dataclasses.field(default_factory=dict)
   section: str = ''
   section_defaults: Mapping = dataclasses.field(default_factory=dict)

@@ -22,11 +22,16 @@ dataset's own section:
                            resize to resize_to
   mean, std                normalisation (ImageNet by default)
   batch_size_labelled, batch_size_unlabelled   global batch sizes
+  labelled_replay          True: each epoch (a pass over the unlabelled set) replays the
+                           labelled batches of its first labelled pass, as the authors'
+                           `itertools.cycle`; False: every labelled pass is reshuffled and
+                           re-augmented (pipeline.py)
   shuffle_seed, num_workers, read_threads, prefetch   the grain pipeline; -1 workers or
                            threads: chosen from the host's cores (`pipeline.input_workers`)
   eval_batch_size, eval_bucket   eval: whole images per device and step, padded into a
                            few canvas sizes (eval_batches.py)
-  image_labels             weak labels (sec. 3.3) of the unlabelled set, a file; '' = from
+  image_labels             weak labels (sec. 3.3) of the unlabelled set: a file,
+                           'annotations' (the dataset's own, VOC's XML files), or '' = from
                            its masks (see weak.py)
   pseudo_labels            a folder of pseudo-label PNGs (--mode=pseudo_labels): the
                            unlabelled stream yields them as masks, for the weak loss
@@ -58,13 +63,14 @@ DATASETS = {
 }
 
 # The fields of every data config, set to VOC's values (paper sec. 4.3 and the authors'
-# VOC config, github.com/yassouali/CCT configs/config.json).
+# VOC config, github.com/yassouali/CCT configs/config.json), but for its image-level
+# labels, which only VOC has annotations for (voc.py).
 COMMON_DEFAULTS = dict(
     name='voc', root='', export_name='', export_dir='', num_classes=21, num_labelled=1464,
     split_seed=0,
     augment=True, crop_size=320, base_size=400, scale_range=(0.5, 2.0), flip=True,
     resize_to=(0, 0), mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
-    batch_size_labelled=10, batch_size_unlabelled=10,
+    batch_size_labelled=10, batch_size_unlabelled=10, labelled_replay=True,
     shuffle_seed=0, num_workers=AUTO, read_threads=AUTO, prefetch=4,
     eval_batch_size=1, eval_bucket=128, image_labels='', pseudo_labels='')
 
@@ -173,14 +179,27 @@ def make_source(cfg, split: str, *, check_files: bool = True, keep_masks: bool =
 
 def make_weak_source(cfg, *, keep_masks: bool = False):
   """The weak set of sec. 3.3, the unlabelled images with their image-level labels
-  ('image_labels', from the file `data.image_labels`, else from their masks)."""
-  source = make_source(cfg, 'train_unlabelled', keep_masks=keep_masks or not cfg.image_labels)
-  if not cfg.image_labels:
+  ('image_labels', as `data.image_labels` says: see weak.py)."""
+  from_masks = not cfg.image_labels
+  source = make_source(cfg, 'train_unlabelled', keep_masks=keep_masks or from_masks)
+  if from_masks:
     return weak.WithImageLabels(source, cfg.num_classes)
-  known = set(sources.example_ids(source)) | set(
-      sources.example_ids(make_source(cfg, 'train_labelled')))
-  labels = weak.read_image_labels(cfg.image_labels, cfg.num_classes, known)
+  ids = sources.example_ids(source)
+  if cfg.image_labels == weak.ANNOTATIONS:
+    labels = _annotated_labels(cfg, ids)
+  else:
+    known = set(ids) | set(sources.example_ids(make_source(cfg, 'train_labelled')))
+    labels = weak.read_image_labels(cfg.image_labels, cfg.num_classes, known)
   return weak.WithImageLabels(source, cfg.num_classes, labels, cfg.image_labels)
+
+
+def _annotated_labels(cfg, ids: list[str]) -> dict:
+  read = _dataset(cfg).annotated_labels
+  if read is None:
+    raise errors.UserError(f"data.image_labels={weak.ANNOTATIONS!r}: {cfg.name} has no "
+                           "annotations of the classes in each image; give a label file, or "
+                           "'' to take them from the masks")
+  return read(cfg, ids)
 
 
 def make_classification_source(cfg):

@@ -2,14 +2,17 @@
 batches (`make_train_streams`, `make_eval_dataset`; the batches' layout: eval_batches.py).
 
 Training (a labelled and an unlabelled batch per iteration, paper App. C, Algorithm 1):
-a labelled and an unlabelled stream, each shuffled and repeated with its own seed (the
-labelled set is reshuffled and re-augmented every time it is exhausted), augmented,
-sliced per process and batched. Augmentation happens before the per-process slice, so
-element k of the global stream, and its random crop, do not depend on the number of
-processes; at step t process p takes the global elements [t * B + p * B / P,
-t * B + (p + 1) * B / P), so the P local batches, joined in process order, are exactly
-global elements [t * B, (t + 1) * B) in order (the global array of P processes is the
-one a single process makes: identical steps). Batching is one-to-one in the
+a labelled and an unlabelled stream, each shuffled and repeated with its own seed,
+augmented, sliced per process and batched. The labelled set is reshuffled and re-augmented
+every time it is exhausted, or, with `data.labelled_replay`, as the authors' trainer's
+`zip(cycle(labelled), unlabelled)`: each epoch (a pass over the unlabelled set) takes one
+fresh labelled pass and replays its batches, the same images in the same crops, until the
+epoch ends. Augmentation happens before the per-process slice, so element k of the global
+stream, and its random crop, do not depend on the number of processes; at step t process
+p takes the global elements [t * B + p * B / P, t * B + (p + 1) * B / P), so the P local
+batches, joined in process order, are exactly global elements [t * B, (t + 1) * B) in
+order (the global array of P processes is the one a single process makes: identical
+steps). Batching is one-to-one in the
 random-access stage, so worker processes only decide who computes which batch: the
 output is the same for 0 and N workers.
 
@@ -21,7 +24,9 @@ step, valid for any number of workers and processes.
 """
 
 import dataclasses
+import functools
 import os
+import sys
 from collections.abc import Callable
 
 import grain
@@ -50,16 +55,60 @@ def stream_seed(seed: int, stream: int) -> int:
   return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
+class _Reindexed(grain.MapDataset):
+  """`parent` read in another order, endlessly: element i is `parent[index_of(i)]`."""
+
+  def __init__(self, parent: grain.MapDataset, index_of: Callable[[int], int]):
+    super().__init__(parent)
+    self._index_of = index_of
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self.parents[0][self._index_of(index)]
+
+
+def _cycle_element(index: int, *, pass_length: int, cycle_length: int) -> int:
+  """Element `index` of the labelled cycles -> the shuffled, repeated source: cycle c is
+  its pass c, which fills the cycle's last batch from the pass's start."""
+  cycle, position = divmod(index, cycle_length)
+  return cycle * pass_length + position % pass_length
+
+
+def _replayed_element(index: int, *, global_batch: int, cycle_steps: int,
+                      epoch_steps: int) -> int:
+  """Element `index` of the replayed stream -> the cycles: epoch e's step t is step
+  t mod `cycle_steps` of cycle e."""
+  step, position = divmod(index, global_batch)
+  epoch, step_in_epoch = divmod(step, epoch_steps)
+  return (epoch * cycle_steps + step_in_epoch % cycle_steps) * global_batch + position
+
+
 def train_dataset(source, transform: Callable, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0) -> grain.MapDataset:
+                  start_step: int = 0, epoch_steps: int = 0) -> grain.MapDataset:
   """An endless, shuffled, augmented stream of this process's batches of `source`.
 
   `transform(example, rng)` gets a numpy Generator seeded from `seed` and the element's
-  global position; `batch_size` is the per-process batch; the stream starts at batch
-  `start_step`.
+  global position (replayed: its position in the passes); `batch_size` is the per-process
+  batch; the stream starts at batch `start_step`. With `epoch_steps` > 0 the stream
+  replays: epoch e, steps [e * epoch_steps, (e + 1) * epoch_steps), cycles through the
+  ceil(len(source) / global batch) batches of the source's pass e, each image once but
+  for the last batch's fill.
   """
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  if epoch_steps:
+    global_batch = batch_size * process_count
+    cycle_steps = -(-len(source) // global_batch)
+    ds = _Reindexed(ds, functools.partial(_cycle_element, pass_length=len(source),
+                                          cycle_length=cycle_steps * global_batch))
+  ds = ds.random_map(transform)
+  if epoch_steps:  # After augmenting: a replayed batch is the very same batch.
+    ds = _Reindexed(ds, functools.partial(_replayed_element, global_batch=global_batch,
+                                          cycle_steps=cycle_steps, epoch_steps=epoch_steps))
   ds = ds.batch(batch_size, drop_remainder=True)[process_index::process_count]
   return ds[start_step:]
 
@@ -148,20 +197,25 @@ def make_train_streams(cfg, *, device_count: int = 1, process_index: int = 0,
   them. Pass `jax.device_count()`, `jax.process_index()`, `jax.process_count()`. Either
   restore the iterators' state, or resume with `start_step` = the restored step.
   """
+  sizes = dict(train_labelled=cfg.batch_size_labelled,
+               train_unlabelled=cfg.batch_size_unlabelled)
+  split_sources = {split: factory.make_source(cfg, split) for split in sizes}
+  if cfg.pseudo_labels:
+    split_sources['train_unlabelled'] = weak.WithPseudoLabels(
+        split_sources['train_unlabelled'], cfg.pseudo_labels, cfg.num_classes)
+  # An epoch is a pass over the unlabelled set, the last batch counted (as train.py's).
+  epoch_steps = -(-len(split_sources['train_unlabelled']) // cfg.batch_size_unlabelled)
   streams = []
-  for stream, (split, global_batch) in enumerate(
-      (('train_labelled', cfg.batch_size_labelled),
-       ('train_unlabelled', cfg.batch_size_unlabelled))):
+  for stream, (split, global_batch) in enumerate(sizes.items()):
     batch_size = per_process_batch_size(
         global_batch, device_count=device_count, process_count=process_count,
         name=f'data.batch_size_{split.removeprefix("train_")}')
-    source = factory.make_source(cfg, split)
-    if split == 'train_unlabelled' and cfg.pseudo_labels:
-      source = weak.WithPseudoLabels(source, cfg.pseudo_labels, cfg.num_classes)
+    replays = split == 'train_labelled' and cfg.labelled_replay
     ds = train_dataset(
-        source, factory.train_transform(cfg), batch_size=batch_size,
-        seed=stream_seed(cfg.shuffle_seed, stream),
-        process_index=process_index, process_count=process_count, start_step=start_step)
+        split_sources[split], factory.train_transform(cfg), batch_size=batch_size,
+        seed=stream_seed(cfg.shuffle_seed, stream), process_index=process_index,
+        process_count=process_count, start_step=start_step,
+        epoch_steps=epoch_steps if replays else 0)
     streams.append(iter(_prefetched(ds, cfg)))
   return TrainStreams(*streams)
 

@@ -6,6 +6,9 @@ Expected layout (`root` is `VOCdevkit/VOC2012`, or a folder that contains it):
   VOC2012/SegmentationClass/<id>.png      palette PNGs, 255 on object borders
   VOC2012/SegmentationClassAug/<id>.png   SBD masks (index PNGs) for the 10,582 trainaug ids
   VOC2012/ImageSets/Segmentation/{train,val,train_aug}.txt   one id per line
+  VOC2012/Annotations/<id>.xml            the objects in each image: its image-level
+                                          labels (`data.image_labels='annotations'`, the
+                                          default; see `annotated_labels`)
 
 Which images are labelled (the rule is `split_rule`), first that applies:
   * the authors' split files in `data.voc.split_dir` (github.com/yassouali/CCT,
@@ -23,14 +26,19 @@ Which images are labelled (the rule is `split_rule`), first that applies:
 """
 
 import os
+from collections.abc import Iterable
+from xml.etree import ElementTree
 
-from cct_jax.data import dataset, sources
+import numpy as np
+
+from cct_jax.data import dataset, sources, weak
 
 NUM_CLASSES = 21
 CLASS_NAMES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
     'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
     'sheep', 'sofa', 'train', 'tvmonitor')
+ANNOTATION_DIR = 'Annotations'
 FINE_TRAIN_LIST = 'ImageSets/Segmentation/train.txt'
 DEFAULT_TRAIN_LIST = 'ImageSets/Segmentation/train_aug.txt'
 
@@ -157,8 +165,44 @@ def write_split_files(split_dir: str, labelled: list[sources.Item],
                    for i in items)
 
 
+def read_annotation(path: str) -> np.ndarray:
+  """bool (NUM_CLASSES,): the classes of the objects in the VOC XML annotation `path`.
+
+  Every object counts, difficult and truncated ones too, as in IRN's cls_labels.npy (the
+  authors' weak labels; github.com/jiwoon-ahn/irn voc12/dataloader.py). The parts of a
+  person (head, hand, foot) are not objects; an object of no VOC class is an error.
+  """
+  if not os.path.isfile(path):
+    raise sources.DataError([f'{path}: VOC annotation does not exist '
+                             f'(data.image_labels={weak.ANNOTATIONS!r})'])
+  try:
+    names = [(o.findtext('name') or '').strip()
+             for o in ElementTree.parse(path).getroot().iter('object')]
+  except (OSError, ElementTree.ParseError) as e:
+    raise sources.DataError([f'{path}: not a VOC XML annotation ({e})']) from e
+  unknown = sorted(set(names) - set(CLASS_NAMES[1:]))
+  if unknown:
+    raise sources.DataError([f'{path}: objects {unknown} are not VOC classes'])
+  return np.isin(CLASS_NAMES, names)
+
+
+def annotated_labels(cfg, ids: Iterable[str]) -> dict[str, np.ndarray]:
+  """{id: bool (NUM_CLASSES,)} from each image's Annotations/<id>.xml (`read_annotation`);
+  the problems of every file are raised together."""
+  directory = os.path.join(find_root(dataset.require_root(cfg)), ANNOTATION_DIR)
+  labels, problems = {}, []
+  for image_id in ids:
+    try:
+      labels[image_id] = read_annotation(os.path.join(directory, f'{image_id}.xml'))
+    except sources.DataError as e:
+      problems += e.problems
+  sources.raise_if_problems(problems)
+  return labels
+
+
 DATASET = dataset.Dataset(
     make_source=make_source, split_rule=split_rule, class_names=CLASS_NAMES,
-    eval_splits=('val',), section='voc',
+    eval_splits=('val',), annotated_labels=annotated_labels,
+    defaults=dict(image_labels=weak.ANNOTATIONS), section='voc',
     section_defaults=dict(split_dir='', train_list=DEFAULT_TRAIN_LIST,
                           mask_dir='SegmentationClassAug'))

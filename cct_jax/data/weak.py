@@ -8,6 +8,9 @@ Image-level labels say which classes an image contains. They come from one of
   - IRN / AffinityNet's `cls_labels.npy` (`data.image_labels=cls_labels.npy`), a pickled
     dict {image id: C - 1 floats}, entry i for class i + 1 (VOC: 20 foreground classes
     after the background 0);
+  - the dataset's own annotations (`data.image_labels='annotations'`, VOC's default): the
+    objects listed in VOC's Annotations/<id>.xml, from which IRN made cls_labels.npy
+    (voc.py);
   - the masks, where the images have them (`data.image_labels=''`): the bundled scenes
     carry the item classes present this way, and the labelled set always does.
 Examples gain 'image_labels': bool (num_classes,).
@@ -22,6 +25,8 @@ import os
 import numpy as np
 
 from cct_jax.data import sources
+
+ANNOTATIONS = 'annotations'  # data.image_labels: the dataset's own annotations
 
 
 def present_classes(mask: np.ndarray, num_classes: int) -> np.ndarray:

@@ -148,50 +148,6 @@ def scaled_canvas(canvas: tuple[int, int], scale: float) -> tuple[int, int]:
                for side in canvas)
 
 
-def source_positions(length: int, size_in: jax.Array, size_out: jax.Array,
-                     align_corners: bool) -> jax.Array:
-  """(B, length) position in each image's input (of `size_in` (B,) entries) that each of
-  the first `length` outputs samples when the image is resized to `size_out` (B,), with
-  PyTorch's `F.interpolate(mode='bilinear')` rules, clamped to the image: beyond
-  `size_out` the outputs repeat the image's last entry (they are padding, never scored)."""
-  i = jnp.arange(length, dtype=jnp.float32)[None, :]
-  size_in = size_in.astype(jnp.float32)[:, None]
-  size_out = size_out.astype(jnp.float32)[:, None]
-  if align_corners:  # first and last pixel centres onto first and last
-    position = i * ((size_in - 1) / jnp.maximum(size_out - 1, 1))
-  else:  # half-pixel centres
-    position = (size_in / size_out) * (i + 0.5) - 0.5
-  return jnp.clip(position, 0, size_in - 1)
-
-
-def interpolate(x: jax.Array, positions: jax.Array, size_in: jax.Array, axis: int) -> jax.Array:
-  """x (B, ...) linearly interpolated along `axis` at `positions` (B, n), from the two
-  entries around each position, both inside each image's `size_in` (B,) entries: the
-  padding after an image is never read, so its content changes nothing."""
-  low = jnp.floor(positions)
-  weight = positions - low
-  low = low.astype(jnp.int32)
-  high = jnp.minimum(low + 1, size_in[:, None] - 1)
-  shape = [1] * x.ndim
-  shape[0], shape[axis] = positions.shape
-  take = lambda index: jnp.take_along_axis(x, index.reshape(shape), axis=axis)
-  weight = weight.reshape(shape).astype(x.dtype)
-  return take(low) * (1 - weight) + take(high) * weight
-
-
-def resize_each(x: jax.Array, sizes_in: jax.Array, sizes_out: jax.Array,
-                canvas_out: tuple[int, int], align_corners: bool) -> jax.Array:
-  """Bilinear resize of each image's own top-left region, of `sizes_in` (B, 2), to its
-  `sizes_out` (B, 2) at the top left of a (B, *canvas_out, C) canvas: no image reads
-  another's sizes or the padding around it, so a padded batch resizes each image as
-  alone. No antialiasing when shrinking, as PyTorch's bilinear."""
-  for axis in (1, 2):
-    positions = source_positions(canvas_out[axis - 1], sizes_in[:, axis - 1],
-                                 sizes_out[:, axis - 1], align_corners)
-    x = interpolate(x, positions, sizes_in[:, axis - 1], axis)
-  return x
-
-
 def multi_scale_logits(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array,
                        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
                        flip: bool = True, window: int | None = None) -> jax.Array:
@@ -212,9 +168,9 @@ def multi_scale_logits(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array,
   count = 0
   for scale in scales:
     scaled = scaled_sizes(sizes, scale)
-    x = padding.zero_outside(
-        resize_each(images, sizes, scaled, scaled_canvas(canvas, scale), align_corners=False),
-        scaled)
+    x = padding.resize_each(images, sizes, scaled, scaled_canvas(canvas, scale),
+                            align_corners=False)
+    x = padding.zero_outside(x, scaled)
     copies = jnp.stack([x, flip_inside(x, scaled[:, 1])] if flip else [x])
     # One copy after the other in a loop: one model in the program per scale, not two
     # (a fifth less compile time, measured on CPU), and memory for one copy at a time.
@@ -224,7 +180,7 @@ def multi_scale_logits(logits_fn: LogitsFn, images: jax.Array, sizes: jax.Array,
     if flip:
       logits = logits.at[1].set(flip_inside(logits[1], scaled[:, 1]))
     for copy in logits:
-      total = total + resize_each(copy, scaled, sizes, canvas, align_corners=True)
+      total = total + padding.resize_each(copy, scaled, sizes, canvas, align_corners=True)
     count += len(logits)
   return total / count
 

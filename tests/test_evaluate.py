@@ -108,20 +108,13 @@ def _tiny_logits_fn(output_stride: int = 8):
   return lambda x, sizes: model.apply(variables, x, train=False, sizes=sizes)[0]
 
 
-def test_multi_scale_and_flip_in_a_padded_batch_give_each_image_what_it_gets_alone():
-  """App. F's five scales and flip: each image of a padded 48 x 48 batch (and a blank row)
-  against the image alone in a batch of its own size. Each is rescaled on its own to
-  floor(size x scale), so at 0.75 the 41-row image has 30 rows in a 40-row canvas
-  (alone: 32), and its prediction alone is resized back. Measured: logits 2.4e-7 apart at
-  most; the canvas rescaled whole (before) gave probabilities 9.5e-3 and 1.4e-2 apart."""
-  logits_fn = _tiny_logits_fn()
-  eval_cfg = ml_collections.ConfigDict(dict(scales=(0.5, 0.75, 1.0, 1.25, 1.5), flip=True,
-                                            window=0))
-  predict = jax.jit(lambda x, sizes: evaluate.predict_logits(logits_fn, x, eval_cfg, sizes))
-  sizes = [(41, 30), (27, 45)]
+def _assert_each_image_as_alone(predict, sizes, canvas):
+  """`predict(images, sizes)` of random images of `sizes` in one padded batch of `canvas`
+  (and a blank row) against each image alone in a batch of its own size: logits within
+  float32 rounding, argmax identical."""
   images = [np.asarray(jax.random.normal(jax.random.key(3 + i), (h, w, 3)))
             for i, (h, w) in enumerate(sizes)]
-  batch = np.zeros((3, 48, 48, 3), np.float32)
+  batch = np.zeros((len(sizes) + 1, *canvas, 3), np.float32)
   for row, image in enumerate(images):
     batch[row, :image.shape[0], :image.shape[1]] = image
   batched = np.asarray(predict(batch, jnp.array(sizes + [(1, 1)], jnp.int32)))
@@ -132,6 +125,30 @@ def test_multi_scale_and_flip_in_a_padded_batch_give_each_image_what_it_gets_alo
     np.testing.assert_array_equal(batched[row, :h, :w].argmax(-1), alone.argmax(-1))
     np.testing.assert_allclose(jax.nn.softmax(batched[row, :h, :w]), jax.nn.softmax(alone),
                                atol=1e-6)
+
+
+def test_multi_scale_and_flip_in_a_padded_batch_give_each_image_what_it_gets_alone():
+  """App. F's five scales and flip: each image of a padded 48 x 48 batch (and a blank row)
+  against the image alone in a batch of its own size. Each is rescaled on its own to
+  floor(size x scale), so at 0.75 the 41-row image has 30 rows in a 40-row canvas
+  (alone: 32), and its prediction alone is resized back. Measured: logits 2.4e-7 apart at
+  most; the canvas rescaled whole (before) gave probabilities 9.5e-3 and 1.4e-2 apart."""
+  logits_fn = _tiny_logits_fn()
+  eval_cfg = ml_collections.ConfigDict(dict(scales=(0.5, 0.75, 1.0, 1.25, 1.5), flip=True,
+                                            window=0))
+  predict = jax.jit(lambda x, sizes: evaluate.predict_logits(logits_fn, x, eval_cfg, sizes))
+  _assert_each_image_as_alone(predict, [(41, 30), (27, 45)], (48, 48))
+
+
+def test_output_stride_16_in_a_padded_batch_gives_each_image_what_it_gets_alone():
+  """Whole images at output stride 16 in a 40 x 56 canvas, multiples of 8 but not of 16:
+  z has ceil(56 / 16) = 4 columns (56 // 4 = 14 is no stride), the 45-column image alone
+  3, and the decoders' x8 of each image's own region is resized to its size alone (here
+  24 x 48), not the canvas's 24 x 32 to 40 x 56. Measured: logits 1.9e-7 apart at most;
+  0.44 apart (argmax the same) with the stride as 56 // 4 and the canvas resized whole."""
+  logits_fn = _tiny_logits_fn(output_stride=16)
+  predict = jax.jit(lambda x, sizes: evaluate.whole_image_logits(logits_fn, x, sizes))
+  _assert_each_image_as_alone(predict, [(33, 17), (21, 45)], (40, 56))
 
 
 def test_flip_inside_mirrors_each_image_and_leaves_its_padding():

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 from cct_jax import cpu_conv, defaults, models, summary
-from cct_jax.models import cct, decoders, discriminator, psp, resnet
+from cct_jax.models import cct, decoders, discriminator, padding, psp, resnet
 
 
 def tiny_model(**overrides):
@@ -46,6 +46,27 @@ def test_output_stride(output_stride, size):
   x = jax.ShapeDtypeStruct((1, 321, 321, 3), jnp.float32)
   out = jax.eval_shape(lambda x: trunk.init_with_output(jax.random.key(0), x)[0], x)
   assert out.shape == (1, size, size, 128)
+
+
+@pytest.mark.parametrize('output_stride', [8, 16])
+def test_padding_extents_are_each_stage_shape_of_the_image_alone(output_stride):
+  """Each image's rows and columns at every stage of a 40 x 56 canvas (multiples of 8, not
+  of 16) are that stage's shape for the image alone, padded to a multiple of 8: at output
+  stride 16, layer3 has ceil(40 / 16) = 3 rows, and 40 // 3 is no stride."""
+  trunk = resnet.ResNet(stage_sizes=(1, 1, 1, 1), width=4, output_stride=output_stride)
+
+  def stage_shapes(h, w):
+    x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    _, stages = jax.eval_shape(
+        lambda x: trunk.init_with_output(jax.random.key(0), x, return_stages=True)[0], x)
+    return {name: stage.shape[1:3] for name, stage in stages.items()}
+
+  canvas = (40, 56)
+  in_canvas = stage_shapes(*canvas)
+  for size in [(40, 56), (17, 30), (24, 9), (1, 1)]:
+    alone = stage_shapes(*map(int, padding.alone_sizes(np.array(size))))
+    for name, shape in in_canvas.items():
+      assert tuple(padding.extents(np.array([size]), canvas, shape)[0]) == alone[name], name
 
 
 def test_adaptive_pool_uses_pytorch_bin_edges_on_41():

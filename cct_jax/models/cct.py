@@ -63,6 +63,21 @@ def resize_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
   return jnp.einsum('ph,...hwc,qw->...pqc', rows, logits, cols)
 
 
+def resize_each_logits(logits: jax.Array, z_shape: Sequence[int], size: Sequence[int],
+                       sizes: jax.Array) -> jax.Array:
+  """`resize_logits` for a padded batch of images of `sizes` (B, 2) (models/padding.py),
+  into a (B, *size, C) canvas. Alone, an image's whole decoder output is resized to its
+  size up to a multiple of 8; in the canvas that output is the image's own region (at
+  output stride 16, x8 its ceil(size / 16) rows of z), which resizing the whole canvas
+  would stretch by the canvas's ratio instead."""
+  if logits.shape[-3:-1] == tuple(size):  # output stride 4 or 8: nothing to resize
+    return logits
+  # The pixel shuffles scale each image's region of z as they scale z: the decoders'
+  # resolution is no stride of the canvas (8 x ceil(40 / 16) = 24 rows of 40).
+  own = padding.extents(sizes, size, z_shape) * (logits.shape[-3] // z_shape[0])
+  return padding.resize_each(logits, own, padding.alone_sizes(sizes), size, align_corners=True)
+
+
 class Encoder(nn.Module):
   """Dilated ResNet trunk + PSP -> z (B, H/8, W/8, psp_features)."""
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -220,20 +235,23 @@ class CCT(nn.Module):
                sizes: jax.Array | None = None):
     """`sizes`: see `Encoder`."""
     return self.decode(self.encoder(x, train, sizes), x.shape[1:3] if resize else None,
-                       perturbations, key)
+                       perturbations, key, sizes)
 
   def decode(self, z: jax.Array, size: Sequence[int] | None,
              perturbations: Mapping[str, Perturbation] | None = None,
-             key: jax.Array | None = None):
+             key: jax.Array | None = None, sizes: jax.Array | None = None):
     """`(main_logits, aux)`, the main logits at `size` (None: the decoders' resolution),
     from the encoder's output z: the decoders alone, for a caller that runs the encoder
-    itself (the multi-domain model shares one)."""
+    itself (the multi-domain model shares one). `sizes`: the images' in a padded batch
+    (see `Encoder`), `size` then the batch's."""
     main_logits = self.main_decoder(z)
     aux = {}
     if perturbations is not None:
       aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
     main_logits = main_logits.astype(jnp.float32)
-    return resize_logits(main_logits, size or main_logits.shape[-3:-1]), aux
+    if size is None or sizes is None:
+      return resize_logits(main_logits, size or main_logits.shape[-3:-1]), aux
+    return resize_each_logits(main_logits, z.shape[1:3], size, sizes), aux
 
 
 def sown(updates: Sequence[Mapping], collection: str = METRICS) -> dict[str, jax.Array]:

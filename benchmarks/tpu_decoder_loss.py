@@ -2,19 +2,21 @@
 jax.checkpoint as `model.remat` runs each of the 30, at one v5e chip's share of VOC's
 step (10 images, 40 x 40 x 512 features to 320 x 320 x 21), compiled for a v5e on this
 CPU: XLA's estimate (`compile_report.estimate`, the compiler's model, not a measurement)
-with the loss taken in the decoder's pixel order, in the last pixel shuffle's, and in
-that order against a target made once for all decoders (methods/cct.py).
+with the loss taken in the decoder's pixel order, in the last pixel shuffle's, in that
+order against a target made once for all decoders, and with the logits computed in
+sub-pixel order, without pixel shuffles (`decoders.sub_pixel_logits`, methods/cct.py).
 
   TPU_LIBRARY_PATH=.venv/libtpu/libtpu/libtpu.so JAX_PLATFORMS=cpu \\
   .venv/bin/python benchmarks/tpu_decoder_loss.py
 
 The loss is a mean over pixels, so any order of the pixels gives it, if the main
 decoder's target is put in the same order: reordering both into the order the last pixel
-shuffle started from (`losses.space_to_depth`, as methods/cct.py does) undoes
-that shuffle, and XLA drops the pair of transposes and the full-resolution class-minor
-layouts they write. The target comes already reordered (the cost of one decoder), and
-last as log-probabilities, as `methods.cct.decoder_losses` makes it once for all K
-decoders. Writes benchmarks/results/tpu_decoder_loss.json.
+shuffle started from undoes that shuffle, and
+XLA drops the pair of transposes and the full-resolution class-minor layouts they write.
+The target comes already reordered (the cost of one decoder), and from the third on as
+log-probabilities, as `methods.cct.decoder_losses` makes it once for all K decoders. The
+last computes the logits in the order of all three shuffles (`sub_pixel_logits`), so no
+shuffle is left to undo. Writes benchmarks/results/tpu_decoder_loss.json.
 """
 
 import json
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from cct_jax import compile_report, losses
-from cct_jax.models.decoders import Decoder
+from cct_jax.models.decoders import Decoder, sub_pixel_logits
 
 RESULTS = os.path.join(os.path.dirname(__file__), 'results', 'tpu_decoder_loss.json')
 IMAGES, SIDE, FEATURES, CLASSES = 10, 40, 512, 21
@@ -39,21 +41,33 @@ def main():
   params = jax.tree.map(lambda a: spec(a.shape), jax.eval_shape(
       lambda: decoder.init(jax.random.key(0), jnp.zeros((1, SIDE, SIDE, FEATURES)))))
   natural = (IMAGES, 8 * SIDE, 8 * SIDE, CLASSES)
-  reordered = jax.eval_shape(losses.space_to_depth, jnp.zeros(natural)).shape
-  # name -> (the loss of one decoder's logits against the target, the target's shape)
+  # The order of the last shuffle's input alone, (B, H, W, 2, 2, C), as the step computed
+  # the loss before sub-pixel logits.
+  last_shuffle = lambda x: x.reshape(IMAGES, 4 * SIDE, 2, 4 * SIDE, 2, CLASSES).transpose(
+      0, 1, 3, 2, 4, 5)
+  reordered = jax.eval_shape(last_shuffle, jnp.zeros(natural)).shape
+  sub_pixels = (IMAGES, SIDE * SIDE, 64, CLASSES)
+  natural_logits = lambda params, z: decoder.apply(params, z)
+  # name -> (the decoder's logits, the loss of one decoder's logits against the target,
+  # the target's shape)
   variants = {
-      'full resolution': (lambda logits, main: losses.consistency_loss(logits[None], main),
-                          natural),
-      'space to depth': (lambda logits, main: losses.consistency_loss(
-          losses.space_to_depth(logits)[None], main), reordered),
+      'full resolution': (natural_logits, lambda logits, main: losses.consistency_loss(
+          logits[None], main), natural),
+      'space to depth': (natural_logits, lambda logits, main: losses.consistency_loss(
+          last_shuffle(logits)[None], main), reordered),
       # The main prediction's log-probabilities computed once for all decoders, outside.
-      'target once': (lambda logits, log_probs: losses.consistency_to_target(
-          losses.space_to_depth(logits)[None], (log_probs, None)), reordered),
+      'target once': (natural_logits, lambda logits, log_probs: losses.consistency_to_target(
+          last_shuffle(logits)[None], (log_probs, None)), reordered),
+      'sub-pixel logits': (
+          lambda params, z: sub_pixel_logits(decoder, params['params'], z),
+          lambda logits, log_probs: losses.consistency_to_target(logits[None],
+                                                                 (log_probs, None)),
+          sub_pixels),
   }
   results = {}
-  for name, (loss_of, target_shape) in variants.items():
+  for name, (logits_of, loss_of, target_shape) in variants.items():
     def loss(params, z, target):
-      return loss_of(decoder.apply(params, z).astype(jnp.float32), target)
+      return loss_of(logits_of(params, z).astype(jnp.float32), target)
     compiled = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1))).lower(
         params, z, spec(target_shape)).compile()
     cost = compile_report.cost_of(compiled)

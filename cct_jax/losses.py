@@ -70,11 +70,32 @@ def ab_cross_entropy(logits: jax.Array, labels: jax.Array, threshold: jax.Array,
   return _masked_mean(-log_p_true, keep)
 
 
-def space_to_depth(x: jax.Array) -> jax.Array:
-  """(B, 2H, 2W, C) -> (B, H, W, 2, 2, C): the pixels in the order a decoder's last pixel
-  shuffle took them from. A mean over pixels is the same in any order."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+def sub_pixel_order(x: jax.Array, levels: int) -> jax.Array:
+  """(B, 2^n h, 2^n w, ...) -> (B, h w, 4^n, ...), n = `levels`: for each of the h x w
+  positions (flattened), its 2^n x 2^n pixels in the order n pixel shuffles place them
+  (pixel (i, j) of shuffle k is digit 2i + j of the sub-pixel index, the first shuffle's
+  the most significant): the order `models.decoders.sub_pixel_logits` computes a
+  decoder's logits in. A mean over pixels is the same in any order."""
+  b, height, width = x.shape[:3]
+  side = 2**levels
+  rest = x.shape[3:]
+  x = x.reshape(b, height // side, *(2,) * levels, width // side, *(2,) * levels, *rest)
+  rows, cols = range(2, 2 + levels), range(3 + levels, 3 + 2 * levels)
+  digits = [axis for pair in zip(rows, cols) for axis in pair]
+  x = x.transpose(0, 1, 2 + levels, *digits, *range(3 + 2 * levels, x.ndim))
+  return x.reshape(b, (height // side) * (width // side), side * side, *rest)
+
+
+def pixel_order(x: jax.Array, levels: int, height: int) -> jax.Array:
+  """The inverse of `sub_pixel_order`: (B, h w, 4^n, ...) with h = `height` ->
+  (B, 2^n h, 2^n w, ...)."""
+  b, positions = x.shape[:2]
+  rest = x.shape[3:]
+  x = x.reshape(b, height, positions // height, *(2,) * (2 * levels), *rest)
+  rows, cols = range(3, 3 + 2 * levels, 2), range(4, 4 + 2 * levels, 2)
+  x = x.transpose(0, 1, *rows, 2, *cols, *range(3 + 2 * levels, x.ndim))
+  side = 2**levels
+  return x.reshape(b, height * side, positions // height * side, *rest)
 
 
 def confidence_mask(main_logits: jax.Array, threshold: float) -> jax.Array:

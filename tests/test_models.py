@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cct_jax import cpu_conv, defaults, models, summary
+from cct_jax import cpu_conv, defaults, losses, models, summary
 from cct_jax.models import cct, decoders, discriminator, padding, psp, resnet
 
 
@@ -37,7 +37,7 @@ def test_odd_input_gives_pytorch_feature_and_logit_sizes():
             *model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
                          key=jax.random.key(1), resize=resize)), variables, x)
     assert main.shape == (2, side, side, 5)
-    assert aux_logits.shape == (2, 2, 328, 328, 5)
+    assert aux_logits.shape == (2, 2, 41 * 41, 8 * 8, 5)  # 328 x 328 in sub-pixel order
 
 
 @pytest.mark.parametrize('output_stride, size', [(4, 81), (8, 41), (16, 21)])
@@ -99,6 +99,26 @@ def test_pixel_shuffle_matches_pytorch_channel_order():
   np.testing.assert_array_equal(np.asarray(decoders.pixel_shuffle(jnp.asarray(x))), reference)
 
 
+def test_sub_pixel_logits_are_the_shuffled_logits_in_sub_pixel_order():
+  levels = 2  # with a widened block and no final ReLU (the default decoder: test above)
+  decoder = decoders.Decoder(5, levels, final_relu=False, width=7)
+  z = jax.random.normal(jax.random.key(0), (2, 3, 4, 6))
+  params = decoder.init(jax.random.key(1), z)['params']
+  # ICNR starts the four sub-pixels of each block equal: make them differ.
+  params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), params)
+
+  @jax.jit
+  def both(params, z):
+    natural = decoder.apply({'params': params}, z)
+    return natural, decoders.sub_pixel_logits(decoder, params, z)
+
+  natural, sub_pixels = both(params, z)
+  reordered = losses.sub_pixel_order(natural, levels)
+  assert reordered.shape == (2, 3 * 4, 4**levels, 5)
+  np.testing.assert_allclose(sub_pixels, reordered, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(losses.pixel_order(reordered, levels, 3), natural)
+
+
 def test_icnr_kernel_repeats_each_sub_kernel_over_its_four_outputs():
   kernel = np.asarray(decoders.icnr_init()(jax.random.key(0), (7, 28)))
   groups = kernel.reshape(7, 7, 4)
@@ -139,7 +159,7 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
     return main, stack.map(lambda logits: (logits, jnp.mean(logits)))
 
   main, ((logits, means), sizes) = jax.jit(run, static_argnums=2)(variables, x, False)
-  assert logits.shape == (3, 2, 16, 16, 5) and sizes.shape == (3, 2)
+  assert logits.shape == (3, 2, 2 * 2, 8 * 8, 5) and sizes.shape == (3, 2)  # sub-pixel order
   np.testing.assert_allclose(means, jnp.mean(logits, axis=(1, 2, 3, 4)), rtol=1e-5)
 
   z = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.encoder(x)))(variables, x)
@@ -149,7 +169,7 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
   for k, decoder_key in enumerate(jax.random.split(type_key, 3)):
     params = jax.tree.map(lambda a: a[k], stack)
     z_tilde = noise(z, decoder_key, None, None)
-    expected = decoder.apply({'params': params}, z_tilde)
+    expected = losses.sub_pixel_order(decoder.apply({'params': params}, z_tilde), 3)
     np.testing.assert_allclose(logits[k], expected, rtol=1e-5, atol=1e-5)
     # The size of each perturbation, for the log.
     np.testing.assert_allclose(sizes[k], np.linalg.norm(np.asarray(z_tilde - z).reshape(2, -1),

@@ -21,24 +21,33 @@ def check_config(config) -> None:
 
 
 def decoder_losses(config, main_logits: jax.Array, pseudo_labels: jax.Array | None):
-  """-> one auxiliary decoder's logits -> its L_u (Eq. 2) and, with pseudo-labels, L_w
+  """-> one auxiliary decoder's logits, in sub-pixel order (B, h w, 4^n, C) as
+  `StackedDecoders.map` hands them -> its L_u (Eq. 2) and, with pseudo-labels, L_w
   (Eq. 6). Every decoder's mean is over the same pixels, so the mean of these over the K
   decoders is each loss's mean over all of them.
 
-  L_u is taken in the pixel order of the decoder's last pixel shuffle: there XLA drops that
-  shuffle's transposes and the full-resolution class-minor layouts they write, the same
-  mean for a third of the cycles on a TPU (benchmarks/tpu_decoder_loss.py). The main
-  prediction is put in that order, and made a target, once for all K decoders.
+  A mean over pixels is the same in any order: the main prediction (B, 2^n h, 2^n w, C) is
+  put in sub-pixel order, and made a target, once for all K decoders, and so are the
+  pseudo-labels where they have the decoders' resolution (output stride 4 or 8); at 16 the
+  decoders' logits are put back in pixel order and resized to the labels, as alone.
   """
+  levels = cct.decoder_upsamples(config.model.output_stride)
   threshold = (config.loss.confidence_threshold if config.loss.confidence_masking else None)
-  target = losses.consistency_target(losses.space_to_depth(main_logits), threshold)
+  target = losses.consistency_target(losses.sub_pixel_order(main_logits, levels), threshold)
+  weak_of = None
+  if pseudo_labels is not None and pseudo_labels.shape[1:3] == main_logits.shape[1:3]:
+    labels = losses.sub_pixel_order(pseudo_labels, levels)
+    weak_of = lambda logits: losses.cross_entropy(logits, labels)
+  elif pseudo_labels is not None:
+    height = main_logits.shape[1] // 2**levels
+    weak_of = lambda logits: losses.cross_entropy(cct.resize_logits(
+        losses.pixel_order(logits, levels, height), pseudo_labels.shape[1:3]), pseudo_labels)
 
   def losses_of(logits):
-    values = {'unsup': losses.consistency_to_target(losses.space_to_depth(logits)[None],
-                                                    target, config.loss.unsupervised)}
-    if pseudo_labels is not None:
-      values['weak'] = losses.cross_entropy(
-          cct.resize_logits(logits, pseudo_labels.shape[1:3]), pseudo_labels)
+    values = {'unsup': losses.consistency_to_target(logits[None], target,
+                                                    config.loss.unsupervised)}
+    if weak_of is not None:
+      values['weak'] = weak_of(logits)
     return values
 
   return losses_of

@@ -21,7 +21,7 @@ from flax import struct, traverse_util
 from jax import lax
 
 from cct_jax.models import padding
-from cct_jax.models.decoders import DecoderSpec
+from cct_jax.models.decoders import DecoderSpec, sub_pixel_logits
 from cct_jax.models.psp import PSP
 from cct_jax.models.resnet import Convolution, ResNet
 
@@ -146,16 +146,18 @@ class StackedDecoders:
   one_at_a_time: bool = struct.field(pytree_node=False, default=False)
 
   def map(self, fn: Callable[[jax.Array], Any]):
-    """fn(one decoder's logits (B, 8h, 8w, C), float32) -> a pytree; returns its values
-    stacked per decoder (K, ...) and the size of each perturbation, ||z~ - z|| per decoder
-    and sample (K, B)."""
+    """fn(one decoder's logits in sub-pixel order (B, h w, 4^n, C), float32: see
+    `decoders.sub_pixel_logits`) -> a pytree; returns its values stacked per decoder
+    (K, ...) and the size of each perturbation, ||z~ - z|| per decoder and sample (K, B).
+    """
 
     def perturb_and_decode(params, key):
       decode = lambda h: self.decoder.apply({'params': params}, h)
       z_tilde = self.perturb(self.z, key, self.main_logits, decode)
       size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - self.z).astype(jnp.float32)),
                               axis=(1, 2, 3)))
-      return fn(decode(z_tilde).astype(jnp.float32)), size
+      logits = sub_pixel_logits(self.decoder, params, z_tilde)
+      return fn(logits.astype(jnp.float32)), size
 
     # Run by the caller, outside the model's scopes: named as the model's, so that the
     # compiled program's instructions say which decoders they come from (compile_report).

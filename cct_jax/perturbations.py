@@ -21,7 +21,9 @@ keyword-only hyper-parameters) becomes `config.perturbations.<name>`. A hyper-pa
 that its block lacks comes from the section's shared fields (`background_class`, which the
 weak labels of sec. 3.3 read too). `build_perturbations` binds them with
 `functools.partial`. The defaults are the paper's roster (K = 30, sec. 4.4.1) and
-hyper-parameters (App. J, Table 12).
+hyper-parameters (App. J, Table 12), but where the authors' code, which produced the
+paper's tables, does otherwise (F-Drop's threshold, I-VAT's normalisation: README "Where
+the paper and the authors' code differ").
 
 Masks are applied by multiplication, so z keeps its gradient path to the encoder at
 every position that survives.

@@ -53,8 +53,14 @@ def open_streams(task: segmentation.Segmentation, first_step: int) -> dict:
   for index, (target, view) in enumerate(task.targets.items()):
     logging.info('%slabelled images: %s', f'{target} ' if target else '',
                  data_factory.split_rule(view.data))
+    data = view.data
+    if not task.method.unlabelled_keys(data):
+      # No unlabelled stream, no epochs of it to replay within: the authors' supervised
+      # trainer iterates over the labelled loader alone.
+      data = data.copy_and_resolve_references()
+      data.labelled_replay = False
     streams[target] = data_pipeline.make_train_streams(
-        view.data, device_count=jax.device_count(), process_index=jax.process_index(),
+        data, device_count=jax.device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(),
         start_step=multidomain.domain_steps_done(first_step, index, len(task.targets)))
   return streams

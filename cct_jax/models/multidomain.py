@@ -62,7 +62,7 @@ class MultiDomainCCT(nn.Module):
     if self.domain is None:
       if self.adversarial_weight > 0:
         self.discriminator(z)
-      return {name: decoders.decode(z, size, perturbations, key)
+      return {name: decoders.decode(z, size, perturbations, key, sizes)
               for name, decoders in self.decoders.items()}
     if self.domain not in self.num_classes:
       raise ValueError(f'unknown domain {self.domain!r}; the model has {tuple(self.num_classes)}')
@@ -75,4 +75,4 @@ class MultiDomainCCT(nn.Module):
       index = list(self.num_classes).index(self.domain)
       domain_ce = losses.cross_entropy(logits, jnp.full(logits.shape[:-1], index, jnp.int32))
       self.sow('losses', 'adversarial', self.adversarial_weight * domain_ce)
-    return self.decoders[self.domain].decode(z, size, perturbations, key)
+    return self.decoders[self.domain].decode(z, size, perturbations, key, sizes)

@@ -9,8 +9,10 @@ the same signature,
   key          a `jax.random` key; the only source of randomness.
   main_logits  (B, s*h, s*w, K) the main decoder's prediction for the same images. The
                caller stops its gradient; the guided masks use it, the others ignore it.
-  decode       z -> logits of the auxiliary decoder that owns this perturbation. Only
-               I-VAT calls it; the others ignore it.
+  decode       z -> logits of the auxiliary decoder that owns this perturbation, in
+               sub-pixel order (models/decoders.py `sub_pixel_logits`: I-VAT's divergence,
+               a sum over pixels, is the same in any order). Only I-VAT calls it; the
+               others ignore it.
 
 so that the model can `jax.vmap` one function over a stack of decoders of one type (the
 keys and decoder parameters carry the stacked axis).

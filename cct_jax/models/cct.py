@@ -152,12 +152,12 @@ class StackedDecoders:
     """
 
     def perturb_and_decode(params, key):
-      decode = lambda h: self.decoder.apply({'params': params}, h)
+      # I-VAT's decodes too: its divergence is a sum over pixels, the same in any order.
+      decode = lambda h: sub_pixel_logits(self.decoder, params, h)
       z_tilde = self.perturb(self.z, key, self.main_logits, decode)
       size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - self.z).astype(jnp.float32)),
                               axis=(1, 2, 3)))
-      logits = sub_pixel_logits(self.decoder, params, z_tilde)
-      return fn(logits.astype(jnp.float32)), size
+      return fn(decode(z_tilde).astype(jnp.float32)), size
 
     # Run by the caller, outside the model's scopes: named as the model's, so that the
     # compiled program's instructions say which decoders they come from (compile_report).

@@ -68,10 +68,13 @@ def changes_the_checkpoint(field: str, saved: Any, now: Any, current: dict[str, 
     # K auxiliary decoders of the type (perturbations.vat.count: K), in a method with them.
     method = methods.METHODS.get(current.get('train.mode'))
     return method is not None and method.aux_decoders
+  positive = lambda value: isinstance(value, (int, float)) and value > 0
   if field == 'optim.momentum':
     # SGD keeps a momentum trace only for a positive momentum.
-    positive = lambda value: isinstance(value, (int, float)) and value > 0
     return current.get('optim.name') == 'sgd' and positive(saved) != positive(now)
+  if field == 'optim.frozen_stages':
+    # Frozen stages have a partition of the optimiser's state of their own.
+    return positive(saved) != positive(now)
   return field in _STATE_FIELDS or _DOMAIN_CLASSES.fullmatch(field) is not None
 
 

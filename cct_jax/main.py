@@ -10,8 +10,8 @@
       --config.compile.topology=v5e:2x4       # fits a TPU slice? (needs libtpu)
 
 Weak image-level labels (sec. 3.3; README "Weak labels"): --mode=pretrain_cls, then
---mode=pseudo_labels, then train with --config.model.encoder_from=W/classifier and
---config.data.pseudo_labels=W/pseudo_labels/two_crfs.
+--mode=pseudo_labels, then train with --config.data.pseudo_labels=W/pseudo_labels/two_crfs
+(and, with weak.classifier='encoder', --config.model.encoder_from=W/classifier).
 
 A multi-domain config (one with `domains`, e.g. configs/demo_two_domains.py) trains its
 domains in turn (cct_jax/multidomain.py); --domain picks whose decoders eval (default: all)

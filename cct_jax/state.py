@@ -89,6 +89,11 @@ def with_encoder_from(state: TrainState, run_dir: str, mesh,
                       init_extra: Callable[[dict], dict] = lambda variables: {}):
   """`state` with the encoder of a classification pre-training run (sec. 3.3)."""
   saved = checkpointing.restore_arrays(os.path.join(run_dir, 'checkpoints'))
+  if 'psp' not in saved['params']['encoder']:
+    raise errors.UserError(f"{run_dir}: a classifier of the trunk alone "
+                           "(weak.classifier='irn'), not CCT's encoder: its CAMs make the "
+                           'pseudo-labels, and the segmentation run starts from ImageNet '
+                           '(model.pretrained) as the authors\' did; drop model.encoder_from')
   encoder = {'params': saved['params']['encoder'],
              'batch_stats': saved['batch_stats']['encoder']}
   expected = {'params': state.params['encoder'], 'batch_stats': state.batch_stats['encoder']}

@@ -72,6 +72,7 @@ def test_changes_to_what_the_checkpoint_holds_stop_with_every_difference(tmp_pat
     ('train.mode', 'supervised'),     # no auxiliary decoders
     ('optim.name', 'adamw'),          # another optimiser state
     ('optim.momentum', 0.0),          # SGD without a momentum trace
+    ('optim.frozen_stages', 2),       # a partition of the optimiser state for them
     ('model.num_classes', 6),
     ('data.num_classes', 6),
 ])

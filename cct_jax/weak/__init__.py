@@ -1,12 +1,12 @@
-"""Weak image-level labels (paper sec. 3.3): classification pre-training of the encoder
-(its training is cct_jax/classify.py), CAM pseudo-labels (cams.py) refined by the dense
-CRF (crf.py), and their PNGs for training with the weak loss (pseudo_labels.py).
+"""Weak image-level labels (paper sec. 3.3): classification pre-training of g_c and its
+network (its training is cct_jax/classify.py), CAM pseudo-labels (cams.py) refined by the
+dense CRF (crf.py), and their PNGs for training with the weak loss (pseudo_labels.py).
 
 The workflow, three commands on one workdir W (README "Weak labels"):
-  --mode=pretrain_cls    encoder + g_c on image-level labels      -> W/classifier
+  --mode=pretrain_cls    g_c on image-level labels                 -> W/classifier
   --mode=pseudo_labels   CAMs -> thresholds -> CRFs -> palette PNGs -> W/pseudo_labels
-  --mode=train --config.model.encoder_from=W/classifier
-               --config.data.pseudo_labels=W/pseudo_labels/two_crfs
+  --mode=train --config.data.pseudo_labels=W/pseudo_labels/two_crfs
+               [--config.model.encoder_from=W/classifier, weak.classifier='encoder']
                                                           (L = L_s + w_u L_u + w_w L_w)
 """
 

@@ -111,9 +111,11 @@ def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
   runs = accuracy.plan(['tex5', 'fashion5'], [25, 50], [0, 1, 2], [], weak=True)
   weak = [r for r in runs if r.arm in accuracy.WEAK_ARMS]
   assert {(r.dataset, r.labelled) for r in weak} == {('fashion5', 25)}
-  assert len(weak) == 3 * 3 and runs[-len(weak):] == weak
-  # Both rules of a seed one after the other (paired on one classifier), the control last.
-  assert [r.arm for r in weak[:2]] == ['cct_weak', 'cct_weak_one_crf'] and weak[0].seed == weak[1].seed
+  assert len(weak) == 4 * 3 and runs[-len(weak):] == weak
+  # The arms of a seed one after the other (both rules paired on one classifier, then
+  # IRN's network's), the control last.
+  assert [r.arm for r in weak[:3]] == ['cct_weak', 'cct_weak_one_crf', 'cct_weak_irn']
+  assert weak[0].seed == weak[1].seed == weak[2].seed
   config = demo.get_config('fashion5')
   full = accuracy.Run('fashion5', 'cct_weak', 25, 1).commands('runs/accuracy')
   modes = [next((a for a in c if a.startswith('--mode=')), '--mode=train') for c in full]
@@ -129,6 +131,14 @@ def test_weak_arms_chain_pretraining_pseudo_labels_and_training():
   assert one_crf[0] == full[0]
   assert f'--config.model.encoder_from={prep}/classifier' in full[-1]
   for command in full:
+    _assert_config_fields(config, [a for a in command if a.startswith('--config.')])
+  irn = accuracy.Run('fashion5', 'cct_weak_irn', 25, 1).commands('runs/accuracy')
+  # Its own classifier and pseudo-labels, IRN's network; CCT from scratch, not from it.
+  assert [a for a in irn[0] if a.startswith('--workdir=')] == [f'--workdir={prep}/irn']
+  assert '--config.weak.classifier=irn' in irn[0] and '--config.weak.classifier=irn' in irn[1]
+  assert f'--config.data.pseudo_labels={prep}/irn/pseudo_labels/two_crfs' in irn[-1]
+  assert not any(a.startswith('--config.model.encoder_from') for a in irn[-1])
+  for command in irn:
     _assert_config_fields(config, [a for a in command if a.startswith('--config.')])
   encoder_only = accuracy.Run('fashion5', 'cct_cls_encoder', 25, 1).commands('runs/accuracy')
   assert len(encoder_only) == 2 and not any('pseudo_labels' in a for a in encoder_only[-1])

@@ -152,7 +152,7 @@ def test_trunk_weights_load_into_the_classifier_and_the_segmentation_model(kind,
   path = write_npz(tmp_path / 'w.npz', arrays, 'deep')
   model_cfg = models.tiny_model_config(5)
   model_cfg.update(stage_sizes=(1, 1, 2, 2), width=4, psp_features=8)  # the fixture's trunk
-  model = (models.classifier_from_config(model_cfg, 4) if kind == 'classifier'
+  model = (models.classifier_from_config(model_cfg, 4, 'encoder') if kind == 'classifier'
            else models.model_from_config(model_cfg, dict(dropout=1)))
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)  # no compile

@@ -146,7 +146,8 @@ EXPLAINED = {
     '--config.perturbation.vat.count=0': 'count lives at --config.perturbations.vat.count',
     '--config.data.tfds_dir=d': "tfds_dir is a field of data.cityscapes for "
                                 "data.name='cityscapes' only",
-    '--config.optim.zzz=1': 'optim has lr, momentum, name, poly_power, trunk_lr_multiplier, '
+    '--config.optim.zzz=1': 'optim has frozen_stages, lr, momentum, name, poly_power, '
+                            'trunk_lr_multiplier, '
                             'weight_decay',
 }
 

@@ -110,8 +110,10 @@ def test_the_tiny_model_compiles_for_a_v5e_slice_and_the_report_holds_its_number
 
 def test_a_batch_far_too_large_for_the_chip_is_reported_as_not_fitting():
   """256 images of 512x512 per chip: the report says no, with the numbers, and raises
-  nothing."""
+  nothing. (The supervised step alone: the same answer, compiled in a third of the time.)"""
   config = _smoke_config()
+  config.train.mode = 'supervised'
+  config.compile.steps = 'train'
   config.data.update(crop_size=512, batch_size_labelled=1024, batch_size_unlabelled=1024)
   report = compile_report.compile_for_topology(config)
   train = report['steps']['train']

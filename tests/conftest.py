@@ -30,18 +30,6 @@ from cct_jax import checkpointing, defaults, parallel  # pylint: disable=wrong-i
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The slowest files (a minute or more on 2 cores), slowest first. `make test`'s workers
-# (`-n 2 --dist loadfile`) take whole files in collection order as they come free: one
-# of these collected last would run alone at the end while the other worker idles.
-SLOW_FILES_FIRST = ('test_multidomain.py', 'test_train.py', 'test_hang_and_loss.py',
-                    'test_multihost.py', 'test_weak.py', 'test_baselines.py',
-                    'test_evaluate.py')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 
 @pytest.fixture(scope='module')
 def idx_dir(tmp_path_factory):

@@ -125,12 +125,14 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def shrink_training_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Four steps, evaluated and saved every two, with one decoder per perturbation type:
-  the part of `shrink_for_smoke_test` for a config whose model and data are small already."""
+  """Four steps, evaluated and saved every two, with one decoder per perturbation type
+  (and four of the weak-label classifier): the part of `shrink_for_smoke_test` for a config
+  whose model and data are small already."""
   perturbations.set_counts(config.perturbations, {
       name: min(count, 1)
       for name, count in perturbations.decoder_counts(config.perturbations).items()})
   config.train.update(num_steps=4, eval_every=2, log_every=2, checkpoint_every=2)
+  config.weak.update(classifier_steps=4, classifier_log_every=2, classifier_checkpoint_every=2)
   return config
 
 

@@ -81,8 +81,6 @@ def get_config(arg: str = ''):
     config.data.num_labelled = options.labelled
   if options.smoke:
     defaults.shrink_training_for_smoke_test(config)
-    config.weak.update(classifier_steps=4, classifier_log_every=2,
-                       classifier_checkpoint_every=2)
     config.data.update(num_labelled=4, batch_size_labelled=4, batch_size_unlabelled=4,
                        eval_batch_size=1)
     config.data.generated.update(sizes=dict(train=64, val=8, test=8), labelled_pool=16)

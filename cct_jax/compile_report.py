@@ -266,9 +266,12 @@ def estimate(text: str, cost: dict, images: int, clock_hz: float, peak_flops: fl
       'top': [dict(c, share=c['cycles'] * c['times'] / cycles) for c in ranked]}
 
 
-def compile_step(jitted, args: tuple, images: int, device: Chip) -> dict:
+def compile_step(jitted, args: tuple, images: int, device: Chip,
+                 hlo_path: str | None = None) -> dict:
   """Compiles `jitted` for `args`; the per-device memory, FLOPs, bound on step time and
-  XLA's estimate of it, or, where XLA finds it does not fit, its message."""
+  XLA's estimate of it, or, where XLA finds it does not fit, its message. With `hlo_path`,
+  the compiled program's text goes there: every instruction with its estimated cycles and
+  the model code it comes from, beyond the report's top few."""
   start = time.perf_counter()
   try:
     compiled = jitted.lower(*args).compile()
@@ -279,6 +282,9 @@ def compile_step(jitted, args: tuple, images: int, device: Chip) -> dict:
             'xla_message': str(error).strip().splitlines()[0],
             'compile_s': time.perf_counter() - start}
   compile_s = time.perf_counter() - start
+  if hlo_path:
+    with open(hlo_path, 'w') as f:
+      f.write(compiled.as_text())
   memory = memory_bytes(compiled)
   cost = cost_of(compiled)
   flops = float(cost['flops'])
@@ -294,9 +300,10 @@ def compile_step(jitted, args: tuple, images: int, device: Chip) -> dict:
 STEPS = ('train', 'eval')
 
 
-def compile_for_topology(config) -> dict:
+def compile_for_topology(config, hlo_dir: str | None = None) -> dict:
   """Compiles the steps `config.compile.steps` names of single-domain `config` for
-  `config.compile.topology`; returns the report (see `format_report`)."""
+  `config.compile.topology`; returns the report (see `format_report`). With `hlo_dir`,
+  each step's compiled program is written there (`compile_step`)."""
   config = config.copy_and_resolve_references()
   config.model.cpu_conv = 'off'  # the TPU's convolutions, not the CPU workaround
   steps = config.compile.steps.split(',')
@@ -338,6 +345,8 @@ def compile_for_topology(config) -> dict:
       'model_dtype': config.model.dtype,
       'remat': sorted(models.remat_parts(config.model)), 'steps': {}}
 
+  hlo_path = lambda step: (os.path.join(hlo_dir, f"{step}_{topology.replace(':', '_')}.hlo.txt")
+                           if hlo_dir else None)
   if 'train' in steps:
     crop = data.crop_size
     image = lambda rows: ((rows, crop, crop, 3), np.float32)
@@ -351,7 +360,7 @@ def compile_for_topology(config) -> dict:
                                        mesh, method.uses_unlabelled)
     images = data.batch_size_labelled + (rows_u if unlabelled_keys else 0)
     report['steps']['train'] = compile_step(jitted, (state, labelled, unlabelled), images,
-                                            device)
+                                            device, hlo_path('train'))
   if 'eval' in steps:
     side, rows = config.compile.eval_canvas, data.eval_batch_size * len(devices)
     batch = batch_spec({'image': ((rows, side, side, 3), np.float32),
@@ -362,7 +371,7 @@ def compile_for_topology(config) -> dict:
     eval_step = evaluate.make_eval_step(train_step.make_predict_fn(config, model, method),
                                         data.num_classes, mesh)
     report['steps']['eval'] = compile_step(eval_step, (state, confusion, batch), rows,
-                                           device)
+                                           device, hlo_path('eval'))
   return report
 
 
@@ -437,10 +446,11 @@ def format_report(report: dict) -> str:
 
 
 def write_compile_report(config, workdir: str) -> dict:
-  """`--mode=compile`: prints the report and writes workdir/compile_<topology>.json."""
-  report = compile_for_topology(config)
-  print(format_report(report))
+  """`--mode=compile`: prints the report and writes workdir/compile_<topology>.json, and
+  each step's compiled program as workdir/<step>_<topology>.hlo.txt."""
   os.makedirs(workdir, exist_ok=True)
+  report = compile_for_topology(config, workdir)
+  print(format_report(report))
   path = os.path.join(workdir, f"compile_{report['topology'].replace(':', '_')}.json")
   with open(path, 'w') as f:
     json.dump(report, f, indent=2)

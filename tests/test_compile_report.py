@@ -73,6 +73,10 @@ def test_the_tiny_model_compiles_for_a_v5e_slice_and_the_report_holds_its_number
   # forward pass of one 64x64 canvas.
   assert train['flops_per_device'] > evaluation['flops_per_device']
   assert '| train | 8 | yes |' in run.stdout and 'wrote' in run.stdout
+  # Each step's compiled program beside the report, every instruction's cycles in it.
+  for name in ('train', 'eval'):
+    program = (tmp_path / f'{name}_v5e_2x2.hlo.txt').read_text()
+    assert program.startswith('HloModule') and '"estimated_cycles"' in program
   assert report['clock_hz'] == 1.5e9 and report['hbm_bandwidth_per_device'] == 819e9
   for step in (train, evaluation):
     estimate = step['estimate']

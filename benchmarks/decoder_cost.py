@@ -55,7 +55,7 @@ def make_step(decoder, perturbation):
     decode = lambda z: decoder.apply({'params': params}, z)
     if perturbation is None:
       return losses.cross_entropy(decode(z), labels)
-    z_tilde = perturbation(z, key, main_logits, decode)
+    z_tilde = perturbation(z, key, labels, decode)  # the main prediction, its argmax
     return losses.consistency_loss(decode(z_tilde)[None], main_logits)
 
   return jax.jit(jax.grad(loss, argnums=(0, 1)))

@@ -3,16 +3,16 @@
 Each auxiliary decoder owns one perturbation. Every perturbation is a pure function with
 the same signature,
 
-    perturb(z, key, main_logits, decode) -> z_tilde
+    perturb(z, key, main_prediction, decode) -> z_tilde
 
-  z            (B, h, w, C) encoder output, channels last.
-  key          a `jax.random` key; the only source of randomness.
-  main_logits  (B, s*h, s*w, K) the main decoder's prediction for the same images. The
-               caller stops its gradient; the guided masks use it, the others ignore it.
-  decode       z -> logits of the auxiliary decoder that owns this perturbation, in
-               sub-pixel order (models/decoders.py `sub_pixel_logits`: I-VAT's divergence,
-               a sum over pixels, is the same in any order). Only I-VAT calls it; the
-               others ignore it.
+  z                (B, h, w, C) encoder output, channels last.
+  key              a `jax.random` key; the only source of randomness.
+  main_prediction  (B, s*h, s*w) the main decoder's argmax for the same images, an integer
+                   map (no gradient); the guided masks use it, the others ignore it.
+  decode           z -> logits of the auxiliary decoder that owns this perturbation, in
+                   sub-pixel order (models/decoders.py `sub_pixel_logits`: I-VAT's
+                   divergence, a sum over pixels, is the same in any order). Only I-VAT
+                   calls it (G-Cutout reads its class count); the others ignore it.
 
 so that the model can `jax.vmap` one function over a stack of decoders of one type (the
 keys and decoder parameters carry the stacked axis).
@@ -76,14 +76,14 @@ def register(name: str, block: Mapping, check: Callable[[dict], None] | None = N
 
 
 @register('feature_noise', dict(count=6, uniform_range=0.3))
-def feature_noise(z, key, main_logits, decode, *, uniform_range: float):
+def feature_noise(z, key, main_prediction, decode, *, uniform_range: float):
   """F-Noise: z~ = z + z * N, N ~ U(-r, r).
 
   One noise tensor of shape (1, h, w, C) is shared by the whole batch, as in App. L and
   the authors' code: the paper reports the same accuracy at a fraction of the sampling
   cost.
   """
-  del main_logits, decode
+  del main_prediction, decode
   noise = jax.random.uniform(key, (1,) + z.shape[1:], z.dtype, -uniform_range,
                              uniform_range)
   return z + z * noise
@@ -101,7 +101,7 @@ def _check_feature_drop(hyper_parameters: dict) -> None:
 
 @register('feature_drop', dict(count=6, gamma_range=(0.7, 0.9), gamma_per='batch'),
           check=_check_feature_drop)
-def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float],
+def feature_drop(z, key, main_prediction, decode, *, gamma_range: tuple[float, float],
                  gamma_per: str):
   """F-Drop: drop the positions whose channel mean, over its per-sample max, is >= gamma.
 
@@ -111,7 +111,7 @@ def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float
   and does not say per what. The comparison is written as `a < gamma * max(a)`, as
   theirs, so an all-zero sample needs no division.
   """
-  del main_logits, decode
+  del main_prediction, decode
   low, high = gamma_range
   attention = jnp.mean(z, axis=-1, keepdims=True)  # (B, h, w, 1)
   draws = 1 if gamma_per == 'batch' else z.shape[0]
@@ -121,12 +121,12 @@ def feature_drop(z, key, main_logits, decode, *, gamma_range: tuple[float, float
 
 
 @register('dropout', dict(count=6, rate=0.5))
-def dropout(z, key, main_logits, decode, *, rate: float):
+def dropout(z, key, main_prediction, decode, *, rate: float):
   """DropOut: spatial (channel-wise) dropout; each sample drops whole channels.
 
   Survivors are scaled by 1 / (1 - rate) (x2 at the default 0.5), as torch's Dropout2d.
   """
-  del main_logits, decode
+  del main_prediction, decode
   keep = jax.random.bernoulli(key, 1.0 - rate, (z.shape[0], 1, 1, z.shape[-1]))
   return jnp.where(keep, z / (1.0 - rate), jnp.zeros_like(z))
 
@@ -135,42 +135,42 @@ def dropout(z, key, main_logits, decode, *, rate: float):
 # Prediction-based perturbations: guided masks.
 
 
-def _strides(main_logits: jax.Array, z: jax.Array) -> tuple[int, int]:
+def _strides(main_prediction: jax.Array, z: jax.Array) -> tuple[int, int]:
   """The ratio between the prediction's and the features' resolution (8 for CCT)."""
-  (height, width), (h, w) = main_logits.shape[1:3], z.shape[1:3]
+  (height, width), (h, w) = main_prediction.shape[1:3], z.shape[1:3]
   if height % h or width % w:
     raise ValueError(f'prediction {height}x{width} is not a multiple of z {h}x{w}')
   return height // h, width // w
 
 
-def foreground_mask(main_logits: jax.Array, z: jax.Array,
+def foreground_mask(main_prediction: jax.Array, z: jax.Array,
                     background_class: int) -> jax.Array:
-  """M = [argmax(main prediction) != background] at z's resolution, shape (B, h, w, 1).
+  """M = [main prediction != background] at z's resolution, shape (B, h, w, 1).
 
   Brought down by taking every s-th pixel (`M[::s, ::s]`), which is what the authors'
-  nearest resize does; taking the argmax only there gives the same M for 1/s^2 of the work.
+  nearest resize does.
   """
-  sh, sw = _strides(main_logits, z)
-  prediction = jnp.argmax(main_logits[:, ::sh, ::sw], axis=-1)
-  return (prediction != background_class)[..., None].astype(z.dtype)
+  sh, sw = _strides(main_prediction, z)
+  return (main_prediction[:, ::sh, ::sw] != background_class)[..., None].astype(z.dtype)
 
 
 @register('context_mask', dict(count=2))
-def context_mask(z, key, main_logits, decode, *, background_class: int):
+def context_mask(z, key, main_prediction, decode, *, background_class: int):
   """Con-Msk: z~ = z * M, the context (background) is removed."""
   del key, decode
-  return z * foreground_mask(main_logits, z, background_class)
+  return z * foreground_mask(main_prediction, z, background_class)
 
 
 @register('object_mask', dict(count=2))
-def object_mask(z, key, main_logits, decode, *, background_class: int):
+def object_mask(z, key, main_prediction, decode, *, background_class: int):
   """Obj-Msk: z~ = z * (1 - M), the detected objects are removed."""
   del key, decode
-  return z * (1 - foreground_mask(main_logits, z, background_class))
+  return z * (1 - foreground_mask(main_prediction, z, background_class))
 
 
-def cutout_keep_mask(main_logits: jax.Array, key: jax.Array, *, erase: float,
-                     background_class: int, strides: tuple[int, int] = (1, 1)) -> jax.Array:
+def cutout_keep_mask(main_prediction: jax.Array, key: jax.Array, *, num_classes: int,
+                     erase: float, background_class: int,
+                     strides: tuple[int, int] = (1, 1)) -> jax.Array:
   """G-Cutout's keep mask (B, H/sh, W/sw): 0 inside the cut boxes, 1 elsewhere.
 
   Objects are approximated per predicted class: the bounding box of every non-background
@@ -183,10 +183,9 @@ def cutout_keep_mask(main_logits: jax.Array, key: jax.Array, *, erase: float,
   The mask is evaluated only at the pixels (sh*y, sw*x), which equals computing it at full
   resolution and taking `[::sh, ::sw]`; `strides=(1, 1)` gives the full-resolution mask.
   """
-  batch, height, width, num_classes = main_logits.shape
-  prediction = jnp.argmax(main_logits, axis=-1)
+  batch, height, width = main_prediction.shape
   classes = jnp.arange(num_classes)
-  present = prediction[..., None] == classes  # (B, H, W, classes)
+  present = main_prediction[..., None] == classes  # (B, H, W, classes)
   rows = jnp.any(present, axis=2)  # (B, H, classes): class c occurs in row y
   cols = jnp.any(present, axis=1)  # (B, W, classes)
   is_object = jnp.any(rows, axis=1) & (classes != background_class)  # (B, classes)
@@ -219,11 +218,12 @@ def cutout_keep_mask(main_logits: jax.Array, key: jax.Array, *, erase: float,
 
 
 @register('cutout', dict(count=6, erase=0.4))
-def guided_cutout(z, key, main_logits, decode, *, erase: float, background_class: int):
+def guided_cutout(z, key, main_prediction, decode, *, erase: float, background_class: int):
   """G-Cutout: zero a random 0.4 x 0.4 (of each side) box inside each object's box."""
-  del decode
-  keep = cutout_keep_mask(main_logits, key, erase=erase, background_class=background_class,
-                          strides=_strides(main_logits, z))
+  num_classes = jax.eval_shape(decode, z).shape[-1]  # the shape alone: nothing is decoded
+  keep = cutout_keep_mask(main_prediction, key, num_classes=num_classes, erase=erase,
+                          background_class=background_class,
+                          strides=_strides(main_prediction, z))
   return z * keep[..., None].astype(z.dtype)
 
 
@@ -335,7 +335,7 @@ def _check_vat(hyper_parameters: dict) -> None:
 
 @register('vat', dict(count=2, method='auto', xi=1e-6, eps=2.0, iterations=1,
                       normalisation='authors'), check=_check_vat)
-def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
+def vat(z, key, main_prediction, decode, *, method: str, xi: float, eps: float,
         iterations: int, normalisation: str):
   """I-VAT (paper App. G): z~ = z + r_adv, r_adv = eps * `adversarial_direction` of the
   auxiliary decoder that owns it. With `normalisation='exact'` (the paper's Eq. 15)
@@ -346,7 +346,7 @@ def vat(z, key, main_logits, decode, *, method: str, xi: float, eps: float,
   Neither the encoder nor the decoder gets a gradient through r_adv: the encoder is
   trained through z only.
   """
-  del main_logits
+  del main_prediction
   return z + eps * adversarial_direction(decode, z, key, method=method, xi=xi,
                                          iterations=iterations, normalisation=normalisation)
 
@@ -416,7 +416,7 @@ def _hyper_parameters(cfg, name: str, block) -> dict:
 
 
 def build_perturbations(cfg) -> dict[str, Perturbation]:
-  """Name -> perturb(z, key, main_logits, decode) with its hyper-parameters bound, for
+  """Name -> perturb(z, key, main_prediction, decode) with its hyper-parameters bound, for
   every type with a positive count, in name order. Every block is checked, counted or not.
   """
   blocks = _blocks(cfg)

@@ -49,10 +49,15 @@ def make_train_step(config, model, method: methods.Method, num_steps: int):
     key = jax.random.fold_in(base_key, step)
 
     def loss_fn(params):
+      # The main logits in the decoders' sub-pixel order, the labels put in it: no
+      # full-resolution map of logits is transposed (models.cct.pixel_pairing).
       (main_l, _), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, labelled['image'], train=True,
-          mutable=['batch_stats', 'losses', cct_model.METRICS])
-      loss_s = supervised_loss(config, main_l, labelled['mask'], step, num_steps)
+          sub_pixel=True, mutable=['batch_stats', 'losses', cct_model.METRICS])
+      labels, paired = cct_model.pixel_pairing(
+          labelled['mask'], main_l.shape,
+          cct_model.feature_rows(labelled['image'].shape[1], config.model.output_stride))
+      loss_s = supervised_loss(config, paired(main_l), labels, step, num_steps)
       metrics = {'loss_sup': loss_s}
       total = loss_s
       batch_stats = updates['batch_stats']

@@ -153,8 +153,7 @@ def test_consistency_trains_encoder_and_auxiliary_decoders_not_the_main_decoder(
     for k, perturb in enumerate(chosen):
       aux_params = jax.tree.map(lambda p: p[k], params['aux'])
       decode = functools.partial(decoder.apply, {'params': aux_params})
-      z_tilde = perturb(z, jax.random.fold_in(key, k), jax.lax.stop_gradient(main_logits),
-                        decode)
+      z_tilde = perturb(z, jax.random.fold_in(key, k), jnp.argmax(main_logits, -1), decode)
       aux_logits.append(decode(z_tilde))
     return losses.consistency_loss(jnp.stack(aux_logits), main_logits)
 

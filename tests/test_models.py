@@ -29,15 +29,48 @@ def test_odd_input_gives_pytorch_feature_and_logit_sizes():
   decoded = jax.eval_shape(lambda v, z: model.apply(v, z, method=lambda m, z: m.main_decoder(z)),
                            variables, z)
   assert decoded.shape == (2, 328, 328, 5)
-  # The main logits at the input size, or with resize=False at the decoders' resolution,
-  # where the consistency loss compares them with the auxiliary decoders', as the authors'.
-  for resize, side in ((True, 321), (False, 328)):
+  # The main logits at the input size, or with sub_pixel=True at the decoders' resolution,
+  # where the consistency loss compares them with the auxiliary decoders' (as the
+  # authors'), in their sub-pixel order: 328 x 328.
+  for sub_pixel, shape in ((False, (2, 321, 321, 5)), (True, (2, 41 * 41, 8 * 8, 5))):
     main, aux_logits = jax.eval_shape(
         lambda v, x: (lambda main, aux: (main, aux['dropout'].map(lambda l: l)[0]))(
             *model.apply(v, x, perturbations=dict(dropout=cct.identity_perturbation),
-                         key=jax.random.key(1), resize=resize)), variables, x)
-    assert main.shape == (2, side, side, 5)
-    assert aux_logits.shape == (2, 2, 41 * 41, 8 * 8, 5)  # 328 x 328 in sub-pixel order
+                         key=jax.random.key(1), sub_pixel=sub_pixel)), variables, x)
+    assert main.shape == shape
+    assert aux_logits.shape == (2, 2, 41 * 41, 8 * 8, 5)
+
+
+@pytest.mark.parametrize('output_stride, side', [(8, 40), (8, 37), (16, 40)])
+def test_a_loss_on_sub_pixel_logits_is_the_loss_on_the_pictures_logits(output_stride, side):
+  """The train step's CE takes the main logits in sub-pixel order (sub_pixel=True) and
+  the labels paired with them (`pixel_pairing`): labels reordered where they have the
+  decoders' resolution (40 at output stride 8), else the logits put back in pixel order
+  and resized (37: the decoders give 40; output stride 16: they give 24). Either way the
+  loss is the one on the logits the model gives at the input size; so is the main
+  prediction the perturbations get, the argmax of the decoders' own resolution."""
+  encoder = cct.Encoder(stage_sizes=(1, 1, 1, 1), width=4, psp_features=16,
+                        output_stride=output_stride)
+  model = cct.CCT(num_classes=5, encoder=encoder, aux_counts=dict(context_mask=1))
+  x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
+  labels = jax.random.randint(jax.random.key(1), (2, side, side), 0, 5)
+  variables = jax.jit(lambda k: cct.init_variables(model, k, x.shape))(jax.random.key(2))
+  @jax.jit
+  def both(variables):
+    picture, _ = model.apply(variables, x)
+    sub_pixel, aux = model.apply(variables, x, sub_pixel=True, key=jax.random.key(3),
+                                 perturbations=dict(context_mask=cct.identity_perturbation))
+    rows = cct.feature_rows(side, output_stride)
+    paired_labels, paired = cct.pixel_pairing(labels, sub_pixel.shape, rows)
+    natural = model.apply(variables, x, method=lambda m, x: m.main_decoder(m.encoder(x)))
+    return (losses.cross_entropy(picture, labels),
+            losses.cross_entropy(paired(sub_pixel), paired_labels),
+            aux['context_mask'].main_prediction, jnp.argmax(natural, -1))
+
+  on_picture, on_sub_pixel, prediction, expected = both(variables)
+  assert on_picture > 1.0
+  np.testing.assert_allclose(on_sub_pixel, on_picture, rtol=1e-6)
+  np.testing.assert_array_equal(prediction, expected)
 
 
 @pytest.mark.parametrize('output_stride, size', [(4, 81), (8, 41), (16, 21)])
@@ -151,7 +184,7 @@ def test_stacked_aux_decoders_equal_separate_decoders_and_get_own_keys():
   model = tiny_model(aux_counts=dict(feature_noise=3))
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   variables = jax.jit(lambda k: cct.init_variables(model, k, x.shape))(jax.random.key(1))
-  noise = lambda z, key, main_logits, decode: z + jax.random.normal(key, z.shape)
+  noise = lambda z, key, main_prediction, decode: z + jax.random.normal(key, z.shape)
 
   def run(v, x, one_at_a_time):
     main, aux = model.apply(v, x, perturbations=dict(feature_noise=noise), key=jax.random.key(2))

@@ -104,8 +104,8 @@ def test_a_new_perturbation_is_a_function_and_its_block(monkeypatch):
   monkeypatch.setattr(pt, 'PERTURBATIONS', dict(pt.PERTURBATIONS))
 
   @pt.register('scaled', dict(count=3, factor=0.5))
-  def scaled(z, key, main_logits, decode, *, factor, background_class):
-    del key, main_logits, decode
+  def scaled(z, key, main_prediction, decode, *, factor, background_class):
+    del key, main_prediction, decode
     return z * factor + background_class
 
   cfg = pt.default_perturbation_config()
@@ -177,32 +177,33 @@ def test_dropout_drops_whole_channels_per_sample_and_doubles_survivors():
 
 def test_context_and_object_masks_are_complementary_every_eighth_pixel():
   z = _positive_z(8, (2, 4, 4, 16))
-  logits = _normal(9, (2, 4 * STRIDE, 4 * STRIDE, NUM_CLASSES))
+  prediction = jnp.argmax(_normal(9, (2, 4 * STRIDE, 4 * STRIDE, NUM_CLASSES)), -1)
   for background in (0, 3):
-    context = _jit(pt.context_mask, background_class=background)(z, None, logits, None)
-    objects = _jit(pt.object_mask, background_class=background)(z, None, logits, None)
-    foreground = np.asarray(jnp.argmax(logits, -1))[:, ::STRIDE, ::STRIDE] != background
+    context = _jit(pt.context_mask, background_class=background)(z, None, prediction, None)
+    objects = _jit(pt.object_mask, background_class=background)(z, None, prediction, None)
+    foreground = np.asarray(prediction)[:, ::STRIDE, ::STRIDE] != background
     assert 0 < foreground.sum() < foreground.size
     np.testing.assert_array_equal(context, np.where(foreground[..., None], z, 0.0))
     np.testing.assert_array_equal(objects, np.where(foreground[..., None], 0.0, z))
     np.testing.assert_array_equal(context + objects, z)
 
 
-def _two_object_logits():
+def _two_objects():
   """One sample: an L-shaped class-1 object, a class-2 block; one background sample."""
   labels = np.zeros((2, 32, 32), np.int32)
   # Sides of 22, 11, 7 and 9 pixels: 0.4 x side is never a whole number.
   labels[0, 4:26, 2:7] = 1  # L: rows 4-25, columns 2-12
   labels[0, 21:26, 2:13] = 1
   labels[0, 10:17, 20:29] = 2  # rows 10-16, columns 20-28
-  return jax.nn.one_hot(labels, NUM_CLASSES) * 5.0
+  return jnp.asarray(labels)
 
 
 def test_guided_cutout_cuts_point_four_of_each_side_inside_object_boxes():
-  logits = _two_object_logits()
+  prediction = _two_objects()
   keys = jax.random.split(_key(10), 200)
   masks = jax.jit(jax.vmap(functools.partial(
-      pt.cutout_keep_mask, logits, erase=0.4, background_class=0)))(keys)
+      pt.cutout_keep_mask, prediction, num_classes=NUM_CLASSES, erase=0.4,
+      background_class=0)))(keys)
   cut = ~np.asarray(masks)  # (keys, B, 32, 32)
   assert not cut[:, 1].any()  # background only: nothing is cut
   boxes = {1: (4, 26, 2, 13), 2: (10, 17, 20, 29)}  # bounding boxes, end exclusive
@@ -226,11 +227,15 @@ def test_guided_cutout_cuts_point_four_of_each_side_inside_object_boxes():
 
 
 def test_guided_cutout_on_z_takes_every_eighth_pixel_of_the_full_mask():
-  logits = _two_object_logits()
+  prediction = _two_objects()
   z = _positive_z(11, (2, 4, 4, 8))
   key = _key(12)
-  full = _jit(pt.cutout_keep_mask, erase=0.4, background_class=0)(logits, key)
-  out = _jit(pt.guided_cutout, erase=0.4, background_class=0)(z, key, logits, None)
+  full = _jit(pt.cutout_keep_mask, num_classes=NUM_CLASSES, erase=0.4,
+              background_class=0)(prediction, key)
+  # G-Cutout takes the class count from its decoder's output shape, decoding nothing.
+  decode = lambda h: jnp.zeros((h.shape[0], h.shape[1] * h.shape[2], 64, NUM_CLASSES))
+  out = _jit(pt.guided_cutout, erase=0.4, background_class=0, decode=decode)(z, key,
+                                                                            prediction)
   expected = np.where(np.asarray(full)[:, ::STRIDE, ::STRIDE, None], z, 0.0)
   np.testing.assert_array_equal(out, expected)
 
@@ -240,7 +245,7 @@ def test_vat_norm_is_eps_and_no_gradient_through_r_adv(decoder, method):
   module, params = decoder
   decode = lambda z: module.apply({'params': params}, z)
   z = _positive_z(13, (2, 4, 4, 16))
-  perturb = functools.partial(pt.vat, key=_key(14), main_logits=None,
+  perturb = functools.partial(pt.vat, key=_key(14), main_prediction=None,
                               decode=decode, method=method, xi=1e-6, eps=2.0,
                               iterations=1, normalisation='exact')
   tangent = _normal(15, z.shape)
@@ -305,20 +310,20 @@ def test_every_perturbation_is_the_same_on_one_and_four_devices(decoder):
   assert len(perturbations) == 7
 
   @jax.jit
-  def perturb_all(z, logits, params, key):
+  def perturb_all(z, prediction, params, key):
     decode = lambda z: module.apply({'params': params}, z)
     keys = jax.random.split(key, len(perturbations))
-    return {name: fn(z, k, logits, decode)
+    return {name: fn(z, k, prediction, decode)
             for (name, fn), k in zip(perturbations.items(), keys)}
 
   z = _positive_z(18, (4, 4, 4, 16))
-  logits = _normal(19, (4, 32, 32, NUM_CLASSES))
+  prediction = jnp.argmax(_normal(19, (4, 32, 32, NUM_CLASSES)), -1)
   key = jax.random.key(20)
-  single = perturb_all(z, logits, params, key)
+  single = perturb_all(z, prediction, params, key)
 
   mesh = jax.make_mesh((4,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   batch, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
-  sharded = perturb_all(jax.device_put(z, batch), jax.device_put(logits, batch),
+  sharded = perturb_all(jax.device_put(z, batch), jax.device_put(prediction, batch),
                         jax.device_put(params, replicated), key)
   assert len(sharded['dropout'].sharding.device_set) == 4
   for name in perturbations:

@@ -183,8 +183,8 @@ def test_weak_loss_trains_the_auxiliary_decoders_and_encoder_never_the_main_deco
   def loss(params):
     (main, aux), _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
                                  images, train=True, perturbations=fns, key=jax.random.key(1),
-                                 resize=False, mutable=['batch_stats'])
-    losses_of = methods_cct.decoder_losses(config, main, labels)
+                                 sub_pixel=True, mutable=['batch_stats'])
+    losses_of = methods_cct.decoder_losses(config, main, labels, rows=4)
     return methods_cct.mean_over_decoders(
         {name: decoders.map(losses_of)[0] for name, decoders in aux.items()})['weak']
 

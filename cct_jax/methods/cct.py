@@ -20,28 +20,23 @@ def check_config(config) -> None:
                      "with each other; model.remat 'decoders' keeps one at a time")
 
 
-def decoder_losses(config, main_logits: jax.Array, pseudo_labels: jax.Array | None):
+def decoder_losses(config, main_logits: jax.Array, pseudo_labels: jax.Array | None,
+                   rows: int):
   """-> one auxiliary decoder's logits, in sub-pixel order (B, h w, 4^n, C) as
   `StackedDecoders.map` hands them -> its L_u (Eq. 2) and, with pseudo-labels, L_w
   (Eq. 6). Every decoder's mean is over the same pixels, so the mean of these over the K
   decoders is each loss's mean over all of them.
 
-  A mean over pixels is the same in any order: the main prediction (B, 2^n h, 2^n w, C) is
-  put in sub-pixel order, and made a target, once for all K decoders, and so are the
-  pseudo-labels where they have the decoders' resolution (output stride 4 or 8); at 16 the
-  decoders' logits are put back in pixel order and resized to the labels, as alone.
+  The main logits come in the same order (`CCT` with sub_pixel), made a target once for
+  all K decoders; a mean over pixels is the same in any order. `rows`: z's (h), with which
+  `cct.pixel_pairing` pairs the pseudo-labels with the decoders' logits.
   """
-  levels = cct.decoder_upsamples(config.model.output_stride)
   threshold = (config.loss.confidence_threshold if config.loss.confidence_masking else None)
-  target = losses.consistency_target(losses.sub_pixel_order(main_logits, levels), threshold)
+  target = losses.consistency_target(main_logits, threshold)
   weak_of = None
-  if pseudo_labels is not None and pseudo_labels.shape[1:3] == main_logits.shape[1:3]:
-    labels = losses.sub_pixel_order(pseudo_labels, levels)
-    weak_of = lambda logits: losses.cross_entropy(logits, labels)
-  elif pseudo_labels is not None:
-    height = main_logits.shape[1] // 2**levels
-    weak_of = lambda logits: losses.cross_entropy(cct.resize_logits(
-        losses.pixel_order(logits, levels, height), pseudo_labels.shape[1:3]), pseudo_labels)
+  if pseudo_labels is not None:
+    labels, paired = cct.pixel_pairing(pseudo_labels, main_logits.shape, rows)
+    weak_of = lambda logits: losses.cross_entropy(paired(logits), labels)
 
   def losses_of(logits):
     values = {'unsup': losses.consistency_to_target(logits[None], target,
@@ -67,8 +62,9 @@ def make_term(config, model):
     (main_u, aux), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
         perturbations=perturbation_fns, key=jax.random.fold_in(key, PERTURBATION_STREAM),
-        resize=False, mutable=['batch_stats', 'losses'])
-    losses_of = decoder_losses(config, main_u, batch.get('mask'))
+        sub_pixel=True, mutable=['batch_stats', 'losses'])
+    rows = cct.feature_rows(batch['image'].shape[1], config.model.output_stride)
+    losses_of = decoder_losses(config, main_u, batch.get('mask'), rows)
     # Each decoder's losses are taken as it runs: with model.remat no K full-resolution
     # predictions are held at once. The pairwise term alone needs them all.
     run = {name: stack.map(lambda logits: (losses_of(logits), logits if pairwise else None))

@@ -21,6 +21,7 @@ from flax import linen as nn
 from flax import struct, traverse_util
 from jax import lax
 
+from cct_jax import losses
 from cct_jax.models import padding
 from cct_jax.models.decoders import DecoderSpec, sub_pixel_logits
 from cct_jax.models.psp import PSP
@@ -29,14 +30,15 @@ from cct_jax.models.resnet import Convolution, ResNet
 # The collection of the diagnostics a model sows (nothing trains on them).
 METRICS = 'metrics'
 
-# perturb(z, key, main_logits, decode) -> perturbed z; `decode` is the owning auxiliary
-# decoder as a pure function of z (I-VAT differentiates through it).
+# perturb(z, key, main_prediction, decode) -> perturbed z; `main_prediction` is the main
+# decoder's argmax (B, H, W) at its resolution, `decode` the owning auxiliary decoder as a
+# pure function of z (I-VAT differentiates through it).
 Perturbation = Callable[[jax.Array, jax.Array, jax.Array, Callable[[jax.Array], jax.Array]],
                         jax.Array]
 
 
-def identity_perturbation(z, key, main_logits, decode):
-  del key, main_logits, decode
+def identity_perturbation(z, key, main_prediction, decode):
+  del key, main_prediction, decode
   return z
 
 
@@ -77,6 +79,27 @@ def resize_each_logits(logits: jax.Array, z_shape: Sequence[int], size: Sequence
   # resolution is no stride of the canvas (8 x ceil(40 / 16) = 24 rows of 40).
   own = padding.extents(sizes, size, z_shape) * (logits.shape[-3] // z_shape[0])
   return padding.resize_each(logits, own, padding.alone_sizes(sizes), size, align_corners=True)
+
+
+def feature_rows(image_rows: int, output_stride: int) -> int:
+  """z's rows for images of `image_rows`: every stride-2 layer takes ceil(n / 2)."""
+  return -(-image_rows // output_stride)
+
+
+def pixel_pairing(labels: jax.Array, logits_shape: Sequence[int], rows: int):
+  """How a per-pixel loss pairs labels (B, H, W) of the images with logits in sub-pixel
+  order of `logits_shape` (B, h w, 4^n, C) (`CCT` with sub_pixel, the auxiliary
+  decoders), h = `rows`: returns the labels and a function of such logits, the two in one
+  pixel order. Where the labels have the decoders' resolution (output stride 4 or 8,
+  sides multiples of 8), the labels are put in sub-pixel order, once for any number of
+  decoders, and the logits stay as they are; else the logits are put back in pixel order
+  and resized to the labels, as `CCT` resizes its main logits."""
+  levels = (logits_shape[2].bit_length() - 1) // 2
+  side = 2**levels
+  if labels.shape[1:3] == (side * rows, side * (logits_shape[1] // rows)):
+    return losses.sub_pixel_order(labels, levels), lambda logits: logits
+  return labels, lambda logits: resize_logits(losses.pixel_order(logits, levels, rows),
+                                              labels.shape[1:3])
 
 
 class Encoder(nn.Module):
@@ -180,7 +203,7 @@ class StackedDecoders:
   params: Any  # one Decoder's parameters, each with a leading axis of size K
   keys: jax.Array  # (K,): each decoder's perturbation key
   z: jax.Array
-  main_logits: jax.Array  # stop-gradient'ed, for the perturbations that read it
+  main_prediction: jax.Array  # (B, H, W) the main decoder's argmax, for the guided masks
   decoder: nn.Module = struct.field(pytree_node=False)  # free-standing: apply is pure
   perturb: Perturbation = struct.field(pytree_node=False)
   name: str = struct.field(pytree_node=False)  # the perturbation type's
@@ -192,10 +215,10 @@ class StackedDecoders:
     (K, ...) and the size of each perturbation, ||z~ - z|| per decoder and sample (K, B).
     """
 
-    def perturb_and_decode(params, z, key, main_logits):
+    def perturb_and_decode(params, z, key, main_prediction):
       # I-VAT's decodes too: its divergence is a sum over pixels, the same in any order.
       decode = lambda h: sub_pixel_logits(self.decoder, params, h)
-      z_tilde = self.perturb(z, key, main_logits, decode)
+      z_tilde = self.perturb(z, key, main_prediction, decode)
       size = jnp.sqrt(jnp.sum(jnp.square((z_tilde - z).astype(jnp.float32)), axis=(1, 2, 3)))
       return fn(decode(z_tilde).astype(jnp.float32)), size
 
@@ -206,10 +229,10 @@ class StackedDecoders:
           jax.named_scope(self.name)):
       if self.one_at_a_time:
         one = gradients_in_forward(perturb_and_decode)
-        return jax.lax.map(lambda args: one(args[0], self.z, args[1], self.main_logits),
+        return jax.lax.map(lambda args: one(args[0], self.z, args[1], self.main_prediction),
                            (self.params, self.keys))
       return jax.vmap(perturb_and_decode, in_axes=(0, None, 0, None))(
-          self.params, self.z, self.keys, self.main_logits)
+          self.params, self.z, self.keys, self.main_prediction)
 
 
 class DecoderStack(nn.Module):
@@ -219,14 +242,14 @@ class DecoderStack(nn.Module):
   remat: bool = False  # see StackedDecoders.one_at_a_time
 
   @nn.compact
-  def __call__(self, z: jax.Array, key: jax.Array, main_logits: jax.Array,
+  def __call__(self, z: jax.Array, key: jax.Array, main_prediction: jax.Array,
                perturb: Perturbation) -> StackedDecoders:
     # parent=None: a free-standing module whose `apply` is a pure function of its params.
     decoder = self.spec.build(parent=None)
     init_stack = lambda rng: jax.vmap(lambda r: decoder.init(r, z[:1])['params'])(
         jax.random.split(rng, self.count))
     return StackedDecoders(self.param('decoders', init_stack),
-                           jax.random.split(key, self.count), z, main_logits, decoder,
+                           jax.random.split(key, self.count), z, main_prediction, decoder,
                            perturb, self.name, self.remat)
 
 
@@ -237,10 +260,10 @@ class AuxiliaryDecoders(nn.Module):
   remat: bool = False  # see StackedDecoders.one_at_a_time
 
   @nn.compact
-  def __call__(self, z, key, main_logits,
+  def __call__(self, z, key, main_prediction,
                perturbations: Mapping[str, Perturbation]) -> dict[str, StackedDecoders]:
     return {name: DecoderStack(count, self.spec, self.remat, name=name)(
-                                   z, perturbation_type_key(key, name), main_logits,
+                                   z, perturbation_type_key(key, name), main_prediction,
                                    perturbations[name])
             for name, count in self.counts.items() if count > 0}
 
@@ -251,11 +274,13 @@ class CCT(nn.Module):
   `__call__(x, train, perturbations, key)` returns `(main_logits, aux)`: the main logits
   at the input size, and aux maps each perturbation type to its `StackedDecoders`, which
   the losses run; it is empty when no perturbations are given (labelled batches,
-  evaluation). With `resize=False` the main logits stay at the decoders' resolution (8x z:
-  328 for a 321 input), where the authors' code compares them with the auxiliary
-  decoders'; resizing 60 full-resolution maps costs more than the consistency loss
-  itself. The main prediction reaches the perturbations stop-gradient'ed: the consistency
-  loss must not train the main decoder.
+  evaluation). With `sub_pixel=True` the main logits stay at the decoders' resolution (8x
+  z: 328 for a 321 input), where the authors' code compares them with the auxiliary
+  decoders', in the auxiliary decoders' sub-pixel order (B, h w, 4^n, C)
+  (`decoders.sub_pixel_logits`): the losses put their targets in that order
+  (`pixel_pairing`), where putting the logits in pixel order would transpose a
+  full-resolution map. The perturbations get the main prediction's argmax, computed once
+  for all of them.
   The decoders compute in the encoder's dtype; the logits come back in float32.
   """
   num_classes: int
@@ -275,26 +300,38 @@ class CCT(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
-               key: jax.Array | None = None, resize: bool = True,
+               key: jax.Array | None = None, sub_pixel: bool = False,
                sizes: jax.Array | None = None):
     """`sizes`: see `Encoder`."""
-    return self.decode(self.encoder(x, train, sizes), x.shape[1:3] if resize else None,
+    return self.decode(self.encoder(x, train, sizes), None if sub_pixel else x.shape[1:3],
                        perturbations, key, sizes)
 
   def decode(self, z: jax.Array, size: Sequence[int] | None,
              perturbations: Mapping[str, Perturbation] | None = None,
              key: jax.Array | None = None, sizes: jax.Array | None = None):
-    """`(main_logits, aux)`, the main logits at `size` (None: the decoders' resolution),
-    from the encoder's output z: the decoders alone, for a caller that runs the encoder
-    itself (the multi-domain model shares one). `sizes`: the images' in a padded batch
-    (see `Encoder`), `size` then the batch's."""
-    main_logits = self.main_decoder(z)
+    """`(main_logits, aux)`, the main logits at `size` (None: at the decoders' resolution
+    in sub-pixel order, see the class), from the encoder's output z: the decoders alone,
+    for a caller that runs the encoder itself (the multi-domain model shares one).
+    `sizes`: the images' in a padded batch (see `Encoder`), `size` then the batch's."""
+    if size is None:
+      if self.is_initializing():
+        self.main_decoder(z)  # creates its parameters
+      with jax.named_scope('main_decoder'):  # as its module's own ops are named
+        main_logits = sub_pixel_logits(self.main_decoder,
+                                       self.main_decoder.variables['params'], z)
+      pixel_order = lambda labels: losses.pixel_order(
+          labels, decoder_upsamples(self.encoder.output_stride), z.shape[1])
+    else:
+      main_logits, pixel_order = self.main_decoder(z), lambda labels: labels
     aux = {}
     if perturbations is not None:
-      aux = self.aux_decoders(z, key, jax.lax.stop_gradient(main_logits), perturbations)
+      prediction = pixel_order(jnp.argmax(main_logits, axis=-1))
+      aux = self.aux_decoders(z, key, prediction, perturbations)
     main_logits = main_logits.astype(jnp.float32)
-    if size is None or sizes is None:
-      return resize_logits(main_logits, size or main_logits.shape[-3:-1]), aux
+    if size is None:
+      return main_logits, aux
+    if sizes is None:
+      return resize_logits(main_logits, size), aux
     return resize_each_logits(main_logits, z.shape[1:3], size, sizes), aux
 
 

@@ -31,7 +31,7 @@ class MultiDomainCCT(nn.Module):
   """`num_classes` maps each domain to its class count; its order (ConfigDict keeps keys
   sorted) gives the domain indices the discriminator predicts.
 
-  `__call__(x, train, perturbations, key, resize)` returns `domain`'s `(main_logits, aux)`,
+  `__call__(x, train, perturbations, key, sub_pixel)` returns `domain`'s `(main_logits, aux)`,
   as `CCT` does. With `domain=None` (initialisation) it runs every domain's decoders and the
   discriminator, so that every parameter exists, and returns a dict of them by domain.
   """
@@ -55,10 +55,10 @@ class MultiDomainCCT(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool = False,
                perturbations: Mapping[str, Perturbation] | None = None,
-               key: jax.Array | None = None, resize: bool = True,
+               key: jax.Array | None = None, sub_pixel: bool = False,
                sizes: jax.Array | None = None):
     z = self.encoder(x, train, sizes)
-    size = x.shape[1:3] if resize else None
+    size = None if sub_pixel else x.shape[1:3]
     if self.domain is None:
       if self.adversarial_weight > 0:
         self.discriminator(z)

@@ -77,9 +77,7 @@ def main():
     print(f"{name}: {e['cycles'] / 1e6:.1f} M cycles, {1e3 * e['step_s']:.2f} ms; FLOPs "
           f"bound {1e3 * float(cost['flops']) / chip.bf16_flops:.3f} ms, HBM bound "
           f"{1e3 * e['hbm_bound_s']:.2f} ms", flush=True)
-    for c in e['top']:
-      print(f"  {100 * c['share']:5.1f}%  {c['cycles'] / 1e6:.2f} M  {c['opcode']}  "
-            f"{c['op_name']}")
+    print('\n'.join(compile_report.top_lines(e)))
   os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
   with open(RESULTS, 'w') as f:
     json.dump(results, f, indent=2)

@@ -49,9 +49,7 @@ def main():
         f"XLA's estimate {1e3 * result['step_s']:.1f} ms, FLOPs bound "
         f"{1e3 * result['flops_bound_s']:.1f} ms, HBM bound {1e3 * result['hbm_bound_s']:.1f}"
         f" ms, MFU {100 * result['mfu']:.1f}%")
-  for c in result['top']:
-    print(f"  {100 * c['share']:5.1f}%  {c['cycles'] / 1e6:.2f} M  {c['opcode']}  "
-          f"{c['op_name']}")
+  print('\n'.join(compile_report.top_lines(result)))
   os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
   with open(RESULTS, 'w') as f:
     json.dump(result, f, indent=2)

@@ -406,10 +406,16 @@ def format_estimates(report: dict) -> list[str]:
         f'{part} {100 * share:.1f}%' for part, share in e['parts'].items() if share >= 0.001))
     lines.append(f"The {name} step's costliest instructions by XLA's estimate (share of the "
                  'step, cycles per run x runs per step, the model code):')
-    lines += [f"  {100 * c['share']:5.1f}%  {si(c['cycles'], 'cycles')} x {c['times']}  "
-              f"{c['opcode']}  {re.sub(r'^jit[(][^/]*[)]/', '', c['op_name'])}"
-              for c in e['top']]
+    lines += top_lines(e)
   return lines
+
+
+def top_lines(estimate: dict) -> list[str]:
+  """`estimate`'s costliest instructions, a line each: share of the step, cycles per run
+  x runs per step, opcode, the model code."""
+  return [f"  {100 * c['share']:5.1f}%  {si(c['cycles'], 'cycles')} x {c['times']}  "
+          f"{c['opcode']}  {re.sub(r'^jit[(][^/]*[)]/', '', c['op_name'])}"
+          for c in estimate['top']]
 
 
 def format_report(report: dict) -> str:

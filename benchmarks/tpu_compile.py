@@ -17,7 +17,8 @@ stopped, the command resumes.
 with B the per-chip batch times the slice's chips. Prints a Markdown table and writes
 benchmarks/results/tpu_compile.json (each row's report, as --mode=compile writes it).
 A paper run's chip-hours: VOC's 9,118 unlabelled images at 1464 labels, 50 epochs, at the
-row's global batch, at XLA's estimated step time.
+row's global batch, at XLA's estimated step time. Each row names the commit it was
+compiled at (`code`).
 """
 
 import argparse
@@ -41,6 +42,7 @@ ROWS = {
     'v5e-8-remat': ('v5e:2x4', 8, 10, True, 'train,eval', ()),
     'v5e-8-multi-scale-flip': ('v5e:2x4', 8, 10, True, 'eval', MULTI_SCALE_FLIP),
     'v5e-8-remat-16': ('v5e:2x4', 8, 16, True, 'train', ()),
+    'v5e-8-remat-40': ('v5e:2x4', 8, 40, True, 'train', ()),
     'v5e-8-remat-48': ('v5e:2x4', 8, 48, True, 'train', ()),
     'v4-8': ('v4:2x2x1', 4, 10, False, 'train', ()),
     'v5p-8': ('v5p:2x2x1', 4, 10, False, 'train', ()),
@@ -93,7 +95,7 @@ def table(results: dict) -> str:
   lines = ['| slice | topology | chips (hosts) | per chip | remat | step | fits | '
            'per-device total | temporaries | TFLOP per device | FLOPs bound ms | '
            'XLA estimate ms | HBM bound ms | images/s per chip | MFU | chip-hours per paper '
-           'run | compile s |', '|' + '---|' * 17]
+           'run | compile s | code |', '|' + '---|' * 18]
   for name in sorted(results, key=lambda n: list(ROWS).index(n) if n in ROWS else len(ROWS)):
     row = results[name]
     report = row['report']
@@ -108,7 +110,8 @@ def table(results: dict) -> str:
                gb('temporaries') or not_fitting(step),
                f"{step['flops_per_device'] / 1e12:.2f}" if memory else '',
                f"{1e3 * step['step_bound_s']:.0f}" if memory else '',
-               *estimate_columns(row, step_name, step), f"{step['compile_s']:.0f}"]
+               *estimate_columns(row, step_name, step), f"{step['compile_s']:.0f}",
+               row.get('commit', '')]
       lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -126,6 +129,9 @@ def main():
     with open(args.out) as f:
       results = json.load(f)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # The code each row was compiled from: rows run at different times stay told apart.
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                          capture_output=True, text=True).stdout.strip()
   for name in args.rows.split(','):
     if name in results and estimated(results[name]) and not args.redo:
       continue
@@ -136,7 +142,7 @@ def main():
       subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
       with open(os.path.join(workdir, f"compile_{topology.replace(':', '_')}.json")) as f:
         results[name] = {'chips': chips, 'per_chip': per_chip, 'command': cmd[1:],
-                         'report': json.load(f)}
+                         'commit': commit, 'report': json.load(f)}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
       json.dump(results, f, indent=2)

@@ -42,6 +42,7 @@ ROWS = {
     'v5e-8-remat': ('v5e:2x4', 8, 10, True, 'train,eval', ()),
     'v5e-8-multi-scale-flip': ('v5e:2x4', 8, 10, True, 'eval', MULTI_SCALE_FLIP),
     'v5e-8-remat-16': ('v5e:2x4', 8, 16, True, 'train', ()),
+    'v5e-8-remat-36': ('v5e:2x4', 8, 36, True, 'train', ()),
     'v5e-8-remat-40': ('v5e:2x4', 8, 40, True, 'train', ()),
     'v5e-8-remat-48': ('v5e:2x4', 8, 48, True, 'train', ()),
     'v4-8': ('v4:2x2x1', 4, 10, False, 'train', ()),
